@@ -1,0 +1,75 @@
+"""Stage `evaluate`: one pass per model (dense and every pruned one) over the evaluation split,
+writing per-sample predictions and the per-group metrics and fairness gaps of each model."""
+from fairprune import artifacts, models, tracking
+from fairprune.data import load_prepared
+from fairprune.device import resolve
+from fairprune.errors import DataError
+from fairprune.evaluation import evaluate_split
+from fairprune.fairness import fairness_gaps
+from fairprune.pruning import measure_sparsity
+from fairprune.stage import run
+
+
+def metrics_record(run_name, method, sparsity, seed, split, model, preds, dense_stats, exclude_output_layer):
+    stats = preds.stats()
+    dense_stats = dense_stats or stats
+    size = measure_sparsity(model, exclude_output_layer)
+    groups = {}
+    for g, name in enumerate(preds.group_names):
+        groups[name] = {
+            "n": int(stats.n[g]), "accuracy": float(stats.accuracy[g]), "loss": float(stats.loss[g]),
+            "accuracy_drop": float(dense_stats.accuracy[g] - stats.accuracy[g]),
+            "excess_loss": float(stats.loss[g] - dense_stats.loss[g]),
+        }
+    return {
+        "run": run_name, "method": method, "sparsity": sparsity, "seed": seed, "split": split,
+        "sparsity_actual": size["sparsity_actual"], "params_total": size["params_total"],
+        "params_nonzero": size["params_nonzero"], "accuracy": stats.overall_accuracy, "loss": stats.overall_loss,
+        "groups": groups, "fairness": fairness_gaps(stats, dense_stats),
+    }
+
+
+def main(params, args, timer):
+    device = resolve(params.base.device)
+    data = load_prepared(artifacts.PREPARED)
+    split, several = params.evaluate.split, len(params.base.seeds) > 1
+    jobs = []
+    for seed in params.base.seeds:
+        jobs.append((None, 0.0, seed, artifacts.dense_model(seed)))
+        for method in params.prune.methods:
+            for sparsity in params.prune.sparsities:
+                jobs.append((method, sparsity, seed, artifacts.pruned_model(method, sparsity, seed)))
+    missing = [str(path) for *_, path in jobs if not path.exists()]
+    if missing:
+        raise DataError(f"models missing: {missing[:3]}...; run `dvc repro` so the train and prune stages run first")
+
+    records, dense_stats = [], {}
+    with tracking.stage_run(params.base, "evaluate", "evaluate", {"evaluate": params.evaluate.model_dump()}):
+        import mlflow
+        for method, sparsity, seed, path in jobs:
+            name = artifacts.run_name(method, sparsity, seed, several)
+            model, _ = models.load(path)
+            preds = evaluate_split(model, data, split, params.evaluate.batch_size, device)
+            if method is None:
+                dense_stats[seed] = preds.stats()
+            record = metrics_record(name, method or "dense", sparsity, seed, split, model, preds,
+                                    dense_stats[seed], params.prune.exclude_output_layer)
+            artifacts.PREDICTIONS_DIR.mkdir(parents=True, exist_ok=True)
+            preds.save(artifacts.PREDICTIONS_DIR / f"{name}.npz")
+            artifacts.write_json(artifacts.EVAL_DIR / f"{name}.json", record)
+            records.append(record)
+            with mlflow.start_run(run_name=name, nested=True,
+                                  tags={"stage": "evaluate", "method": record["method"], "sparsity": str(sparsity),
+                                        "seed": str(seed), "split": split}):
+                tracking.log_metrics({"accuracy": record["accuracy"], "loss": record["loss"],
+                                      "sparsity_actual": record["sparsity_actual"], **record["fairness"],
+                                      **{f"acc/{g}": v["accuracy"] for g, v in record["groups"].items()},
+                                      **{f"loss/{g}": v["loss"] for g, v in record["groups"].items()}})
+            print(f"{name:>24}: accuracy {record['accuracy']:.4f}  accuracy_gap "
+                  f"{record['fairness']['accuracy_gap']:.4f}  sparsity {record['sparsity_actual']:.3f}")
+        artifacts.write_json(artifacts.EVALUATE_METRICS, {"models": len(records), "split": split,
+                                                          "wall_s": timer.seconds})
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,59 @@
+"""Stage `prune@<method>-<sparsity>-<seed>`: prune the dense model, fine-tune with the mask fixed,
+make the mask permanent and record the sparsity actually reached."""
+import argparse
+
+from fairprune import artifacts, models, tracking, training
+from fairprune.errors import ParamsError
+from fairprune.data import load_prepared
+from fairprune.device import resolve, seed_everything
+from fairprune.pruning import PruneContext, get_method, make_permanent, measure_sparsity
+from fairprune.stage import run
+
+
+def main(params, args, timer):
+    if not 0.0 <= args.sparsity < 1.0:
+        raise ParamsError("prune.sparsities", args.sparsity, "a fraction in [0, 1)")
+    method = get_method(args.method)
+    method.check(args.sparsity)
+    device = resolve(params.base.device)
+    data = load_prepared(artifacts.PREPARED)
+    seed_everything(args.seed)
+    model, _ = models.load(artifacts.dense_model(args.seed))
+    ctx = PruneContext(data=data, device=device, seed=args.seed,
+                       exclude_output_layer=params.prune.exclude_output_layer)
+    model = method.prune(model, args.sparsity, ctx)
+    at_pruning = measure_sparsity(model, params.prune.exclude_output_layer)
+
+    key_name = artifacts.pruned_key(args.method, args.sparsity, args.seed)
+    key = training.fingerprint("prune", key_name, params.finetune.model_dump(), params.prune.exclude_output_layer)
+    checkpoint = artifacts.CHECKPOINT_DIR / f"prune-{key_name}.ckpt"
+    previous = training.read_checkpoint(checkpoint, key)
+    dvc_stage = f"prune@{args.method}-{artifacts.sparsity_label(args.sparsity)}-{args.seed}"
+    with tracking.stage_run(params.base, "prune", dvc_stage,
+                            {"prune": params.prune.model_dump(), "finetune": params.finetune.model_dump()},
+                            run_id=previous and previous.get("mlflow_run_id"), method=args.method,
+                            sparsity=args.sparsity, seed=args.seed) as mlrun:
+        pruned_s = timer.seconds
+        history = training.fit(model, data, params.finetune, device, seed=args.seed, checkpoint=checkpoint,
+                               resume_key=key, log=tracking.log_metrics, desc=f"finetune {key_name}",
+                               extra_state={"mlflow_run_id": mlrun.info.run_id})
+        make_permanent(model)
+        record = {"method": args.method, "sparsity": args.sparsity, "seed": args.seed,
+                  "structured": method.structured, **measure_sparsity(model, params.prune.exclude_output_layer),
+                  "sparsity_after_pruning": at_pruning["sparsity_actual"], "prune_s": pruned_s,
+                  "final": history[-1] if history else {}, "wall_s": timer.seconds}
+        models.save(model, artifacts.pruned_model(args.method, args.sparsity, args.seed), record=record)
+        tracking.log_metrics({k: v for k, v in record.items() if isinstance(v, (int, float))})
+        tracking.log_model(model)
+        artifacts.write_json(artifacts.prune_metrics(args.method, args.sparsity, args.seed), record)
+    checkpoint.unlink(missing_ok=True)
+    print(f"{key_name}: sparsity {record['sparsity_actual']:.4f} ({record['params_nonzero']} nonzero of "
+          f"{record['params_total']} parameters) in {timer.seconds:.1f}s")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--sparsity", type=float, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    run(main, parser)

@@ -1,0 +1,54 @@
+"""Stage `report`: the summary table, figures and reports/README.md, also logged to MLflow."""
+
+import pandas as pd
+
+from fairprune import artifacts, tracking
+from fairprune.report import figures, markdown_page, summary_table
+from fairprune.stage import run
+
+
+def stage_timings(params) -> pd.DataFrame:
+    rows = [("prepare", artifacts.read_json(artifacts.PREPARE_METRICS)["wall_s"])]
+    rows += [(f"train@{s}", artifacts.read_json(artifacts.train_metrics(s))["wall_s"]) for s in params.base.seeds]
+    for s in params.base.seeds:
+        for m in params.prune.methods:
+            for p in params.prune.sparsities:
+                record = artifacts.read_json(artifacts.prune_metrics(m, p, s))
+                rows.append((f"prune@{m}-{artifacts.sparsity_label(p)}-{s}", record["wall_s"]))
+    rows.append(("evaluate", artifacts.read_json(artifacts.EVALUATE_METRICS)["wall_s"]))
+    frame = pd.DataFrame(rows, columns=["stage", "wall_s"])
+    return pd.concat([frame, pd.DataFrame([("total", frame.wall_s.sum())], columns=frame.columns)])
+
+
+def main(params, args, timer):
+    several = len(params.base.seeds) > 1
+    names = [artifacts.run_name(None, 0.0, s, several) for s in params.base.seeds]
+    names += [artifacts.run_name(m, p, s, several) for s in params.base.seeds
+              for m in params.prune.methods for p in params.prune.sparsities]
+    records = [artifacts.read_json(artifacts.EVAL_DIR / f"{n}.json") for n in names]
+    table = summary_table(records)
+    out = artifacts.REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "summary.csv", index=False)
+    artifacts.write_json(out / "summary.json", {row["run"]: {k: v for k, v in row.items() if k != "run"}
+                                               for row in table.to_dict(orient="records")})
+    group_names = list(records[0]["groups"])
+    figure_paths = figures(table, group_names, out / "figures")
+    timings = stage_timings(params)
+    data_info = artifacts.read_json(artifacts.PREPARE_METRICS)["info"]
+    (out / "README.md").write_text(markdown_page(table, figure_paths, timings, data_info))
+    with tracking.stage_run(params.base, "report", "report", {"seeds": params.base.seeds,
+                                                              "methods": params.prune.methods,
+                                                              "sparsities": params.prune.sparsities}):
+        import mlflow
+        mlflow.log_table(table, "summary_table.json")
+        mlflow.log_artifact(str(out / "summary.csv"))
+        mlflow.log_artifact(str(out / "README.md"))
+        for path in figure_paths:
+            mlflow.log_artifact(str(path), "figures")
+    print(timings.to_string(index=False))
+    print(f"report written to {out}/README.md ({len(table)} models) in {timer.seconds:.1f}s")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,283 @@
+"""The params.yaml schema: the single source of defaults, types and allowed values.
+
+Every stage validates the whole file before it writes anything, so a typo stops the
+pipeline at its first stage with one message naming the dotted key, the bad value and
+what is allowed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fairprune.errors import ParamsError
+
+DATASETS = ("digits", "utkface", "celeba", "cifar10", "mnist", "manifest")
+ARCHS = ("small_cnn", "resnet10", "resnet18", "mobilenet_v2")
+
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
+    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair",
+    "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair",
+    "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
+    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
+    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings",
+    "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
+UTKFACE_ATTRIBUTES = ("race", "gender", "age")
+# Which target / group attributes each dataset understands (None: fixed by the file format).
+DATASET_ATTRIBUTES: dict[str, tuple[str, ...] | None] = {
+    "digits": ("class",),
+    "cifar10": ("class",),
+    "mnist": ("class",),
+    "utkface": UTKFACE_ATTRIBUTES,
+    "celeba": CELEBA_ATTRIBUTES,
+    "manifest": None,
+}
+DATASET_DEFAULTS = {
+    "digits": ("class", "class"),
+    "cifar10": ("class", "class"),
+    "mnist": ("class", "class"),
+    "utkface": ("gender", "race"),
+    "celeba": ("Blond_Hair", "Male"),
+    "manifest": ("target", "group"),
+}
+NEEDS_ROOT = ("utkface", "celeba", "manifest", "cifar10", "mnist")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BaseParams(_Section):
+    seeds: list[int] = Field(default=[0], min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    experiment: str = Field(default="fairprune", min_length=1)
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: str = "mlruns"
+    threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        return seeds
+
+
+class ImbalanceParams(_Section):
+    groups: list[str] = []
+    fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+class DataParams(_Section):
+    dataset: Literal["digits", "utkface", "celeba", "cifar10", "mnist", "manifest"] = "digits"
+    root: str | None = None
+    target: str | None = None
+    group: str | None = None
+    image_size: int | None = Field(default=None, ge=4, le=512)
+    val_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
+    split_seed: int = 0
+    max_samples: int | None = Field(default=None, ge=10)
+    age_bins: list[int] = Field(default=[20, 40, 60], min_length=1)
+    imbalance: ImbalanceParams = ImbalanceParams()
+    download: bool = False
+
+    @field_validator("age_bins")
+    @classmethod
+    def _increasing(cls, bins: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(bins, bins[1:])) or bins[0] <= 0:
+            raise ValueError("age_bins must be positive and strictly increasing, e.g. [20, 40, 60]")
+        return bins
+
+    @model_validator(mode="after")
+    def _attributes_exist(self) -> "DataParams":
+        allowed = DATASET_ATTRIBUTES[self.dataset]
+        default_target, default_group = DATASET_DEFAULTS[self.dataset]
+        if self.target is None:
+            self.target = default_target
+        if self.group is None:
+            self.group = default_group
+        if allowed is not None:
+            for key in ("target", "group"):
+                value = getattr(self, key)
+                if value not in allowed:
+                    raise ParamsError(
+                        f"data.{key}", value, f"one of the {self.dataset} attributes: {', '.join(allowed)}"
+                    )
+        if self.dataset in NEEDS_ROOT and not self.root:
+            hint = {
+                "utkface": "the path of UTKFace.tar.gz or of its extracted UTKFace/ folder",
+                "celeba": "the folder holding img_align_celeba.zip (or img_align_celeba/) and list_attr_celeba.txt",
+                "manifest": "the path of a CSV with columns path,target,group[,split]",
+                "cifar10": "a folder for torchvision's copy (set data.download: true to fetch it)",
+                "mnist": "a folder for torchvision's copy (set data.download: true to fetch it)",
+            }[self.dataset]
+            raise ParamsError("data.root", self.root, hint)
+        return self
+
+
+class ModelParams(_Section):
+    arch: Literal["small_cnn", "resnet10", "resnet18", "mobilenet_v2"] = "small_cnn"
+
+
+class OptimParams(_Section):
+    epochs: int = Field(default=30, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=0.05, gt=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    hflip: bool = False
+
+
+class TrainParams(OptimParams):
+    pass
+
+
+class FinetuneParams(OptimParams):
+    epochs: int = Field(default=10, ge=0)
+    lr: float = Field(default=0.01, gt=0.0)
+
+
+class PruneParams(_Section):
+    methods: list[str] = Field(default=["magnitude"], min_length=1)
+    sparsities: list[float] = Field(default=[0.5, 0.7, 0.8, 0.9, 0.95], min_length=1)
+    exclude_output_layer: bool = True
+
+    @field_validator("sparsities")
+    @classmethod
+    def _in_range(cls, values: list[float]) -> list[float]:
+        for i, value in enumerate(values):
+            if not 0.0 <= value < 1.0:
+                raise ParamsError(f"prune.sparsities.{i}", value, "a fraction in [0, 1), e.g. 0.9")
+        return values
+
+    @field_validator("methods")
+    @classmethod
+    def _registered(cls, values: list[str]) -> list[str]:
+        from fairprune.pruning import available_methods
+
+        known = available_methods()
+        for i, value in enumerate(values):
+            if value not in known:
+                raise ParamsError(f"prune.methods.{i}", value, f"one of: {', '.join(known)}")
+        return values
+
+
+class EvaluateParams(_Section):
+    split: Literal["train", "val", "test"] = "test"
+    batch_size: int = Field(default=512, ge=1)
+
+
+class Params(_Section):
+    base: BaseParams = BaseParams()
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    prune: PruneParams = PruneParams()
+    finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+
+def _describe(error: dict[str, Any], section_fields: dict[str, list[str]]) -> ParamsError:
+    loc = ".".join(str(part) for part in error["loc"])
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        parent = ".".join(str(p) for p in error["loc"][:-1])
+        allowed = section_fields.get(parent, [])
+        where = f"'{parent}'" if parent else "the top level"
+        return ParamsError(loc, value, f"a known key; unknown key in {where}, allowed: {', '.join(allowed)}")
+    if error["type"] == "missing":
+        return ParamsError(loc, None, "a value (this key is required)")
+    ctx = error.get("ctx") or {}
+    if isinstance(ctx.get("error"), ParamsError):
+        return ctx["error"]
+    return ParamsError(loc, value, error["msg"].removeprefix("Value error, "))
+
+
+def _section_fields() -> dict[str, list[str]]:
+    fields: dict[str, list[str]] = {"": list(Params.model_fields)}
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            path = f"{prefix}.{name}" if prefix else name
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                fields[path] = list(annotation.model_fields)
+                walk(annotation, path)
+    walk(Params, "")
+    return fields
+
+
+def validate(raw: Any) -> Params:
+    """Validate a params mapping; raise ParamsError describing the first problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError("(top level)", type(raw).__name__, "a mapping of sections: " + ", ".join(Params.model_fields))
+    try:
+        return Params.model_validate(raw)
+    except ParamsError:
+        raise
+    except ValidationError as exc:
+        raise _describe(exc.errors()[0], _section_fields()) from None
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError("(file)", str(path), "an existing params.yaml; run the stage from the project root")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError("(file)", str(path), f"valid YAML ({exc})") from None
+    return validate(raw)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`fairprune-params check [FILE]` or `fairprune-params apply OVERRIDE [--into params.yaml]`."""
+    parser = argparse.ArgumentParser(prog="fairprune-params", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate a params file")
+    check.add_argument("file", nargs="?", default="params.yaml")
+    apply = sub.add_parser("apply", help="merge a named configuration into params.yaml (validated first)")
+    apply.add_argument("override")
+    apply.add_argument("--into", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check":
+            load(args.file)
+            print(f"{args.file}: ok")
+            return 0
+        target = Path(args.into)
+        base = yaml.safe_load(target.read_text()) if target.exists() else {}
+        override = yaml.safe_load(Path(args.override).read_text()) or {}
+        merged = deep_merge(base or {}, override)
+        validate(merged)
+        tmp = target.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(merged, sort_keys=False))
+        tmp.replace(target)
+        print(f"applied {args.override} to {target}")
+        return 0
+    except (ParamsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Image decoding and resizing shared by the file-based datasets."""
+from __future__ import annotations
+
+from typing import IO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def decode(source: str | IO[bytes], size: int, channels: int = 3, center_crop: bool = True) -> np.ndarray:
+    """Decode one image file to a (size, size, channels) uint8 array.
+
+    JPEG `draft` lets libjpeg decode at a reduced scale, which is most of the speed-up when
+    200 px faces become 32 px tensors.
+    """
+    with Image.open(source) as img:
+        img.draft("RGB" if channels == 3 else "L", (size, size))
+        img = img.convert("RGB" if channels == 3 else "L")
+        if center_crop and img.width != img.height:
+            side = min(img.width, img.height)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            img = img.crop((left, top, left + side, top + side))
+        img = img.resize((size, size), Image.BILINEAR)
+        array = np.asarray(img, dtype=np.uint8)
+    return array[..., None] if channels == 1 else array
+
+
+def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize an (N, H, W, C) uint8 array; a no-op when it already has the size."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()

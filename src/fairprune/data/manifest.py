@@ -1,0 +1,59 @@
+"""Bring-your-own data: a CSV with columns path,target,group and optionally split.
+
+Paths are relative to the CSV. target and group are free-form labels (strings or numbers);
+split, where given, is one of train/val/test for every row.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from fairprune.data.images import decode
+from fairprune.data.raw import SPLITS, RawDataset
+from fairprune.errors import DataError
+
+REQUIRED = ("path", "target", "group")
+
+
+def _codes(values: list[str]) -> tuple[np.ndarray, list[str]]:
+    def key(v: str):
+        return (0, float(v), v) if v.lstrip("-").replace(".", "", 1).isdigit() else (1, 0.0, v)
+    names = sorted(set(values), key=key)
+    index = {name: i for i, name in enumerate(names)}
+    return np.asarray([index[v] for v in values], dtype=np.int64), names
+
+
+def load(csv_path: str | Path, size: int) -> RawDataset:
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"data.root = '{csv_path}' is not a file; point it at a CSV with columns path,target,group[,split]")
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        missing = [c for c in REQUIRED if c not in columns]
+        if missing:
+            raise DataError(f"{csv_path} lacks column(s) {missing}; the header must be path,target,group[,split] "
+                            f"(found: {','.join(columns)})")
+        rows = list(reader)
+    if not rows:
+        raise DataError(f"{csv_path} has a header but no rows")
+    has_split = "split" in columns
+    images = []
+    for line, row in enumerate(tqdm(rows, desc="manifest", unit="img", mininterval=2), start=2):
+        path = csv_path.parent / row["path"]
+        if not path.is_file():
+            raise DataError(f"{csv_path}:{line}: image '{row['path']}' not found (paths are relative to the CSV)")
+        if has_split and row["split"] not in SPLITS:
+            raise DataError(f"{csv_path}:{line}: split '{row['split']}' is not one of {', '.join(SPLITS)}")
+        try:
+            images.append(decode(path, size))
+        except OSError as exc:
+            raise DataError(f"{csv_path}:{line}: cannot decode '{row['path']}': {exc}") from None
+    targets, target_names = _codes([r["target"] for r in rows])
+    groups, group_names = _codes([r["group"] for r in rows])
+    split = np.asarray([SPLITS.index(r["split"]) for r in rows], dtype=np.int8) if has_split else None
+    return RawDataset(np.stack(images), targets, groups, target_names, group_names, split=split,
+                      info={"source": str(csv_path)})

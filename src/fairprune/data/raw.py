@@ -1,0 +1,36 @@
+"""The in-memory form every dataset loader returns before splitting and caching."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+NO_SPLIT = -1
+
+
+@dataclass
+class RawDataset:
+    images: np.ndarray  # (N, H, W, C) uint8
+    targets: np.ndarray  # (N,) int64, codes into target_names
+    groups: np.ndarray  # (N,) int64, codes into group_names
+    target_names: list[str]
+    group_names: list[str]
+    split: np.ndarray | None = None  # (N,) int8 codes into SPLITS, or NO_SPLIT where unknown
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if not (len(self.targets) == len(self.groups) == n):
+            raise ValueError("images, targets and groups must have the same length")
+        self.targets = np.asarray(self.targets, dtype=np.int64)
+        self.groups = np.asarray(self.groups, dtype=np.int64)
+        if self.split is not None:
+            self.split = np.asarray(self.split, dtype=np.int8)
+
+
+def binary_names(attribute: str) -> list[str]:
+    """Readable names for the two values of a binary attribute (index 0 is 'absent')."""
+    if attribute == "Male":
+        return ["Female", "Male"]
+    return [f"not_{attribute}", attribute]

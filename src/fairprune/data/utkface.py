@@ -1,0 +1,92 @@
+"""UTKFace: `UTKFace.tar.gz` or its extracted folder of `<age>_<gender>_<race>_<datetime>.jpg.chip.jpg`.
+
+Licence: released by its authors for non-commercial research purposes only; image copyright
+stays with the original owners.
+"""
+from __future__ import annotations
+
+import logging
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from fairprune.data.images import decode
+from fairprune.data.raw import RawDataset
+from fairprune.errors import DataError
+
+log = logging.getLogger(__name__)
+RACES = ["White", "Black", "Asian", "Indian", "Others"]
+GENDERS = ["male", "female"]
+
+
+def parse_name(name: str) -> tuple[int, int, int] | None:
+    """(age, gender, race) from an official file name, or None when it is malformed."""
+    base = Path(name).name
+    parts = base.split("_")
+    if len(parts) != 4 or not base.endswith(".jpg"):
+        return None
+    try:
+        age, gender, race = int(parts[0]), int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+    if not (1 <= age <= 116 and gender in (0, 1) and 0 <= race < len(RACES)):
+        return None
+    return age, gender, race
+
+
+def age_bin_names(bins: list[int]) -> list[str]:
+    edges = [0, *bins]
+    names = [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:])]
+    return names + [f"{bins[-1]}+"]
+
+
+def _attribute(values: np.ndarray, attribute: str, bins: list[int]) -> tuple[np.ndarray, list[str]]:
+    age, gender, race = values.T
+    if attribute == "race":
+        return race, list(RACES)
+    if attribute == "gender":
+        return gender, list(GENDERS)
+    return np.digitize(age, bins), age_bin_names(bins)
+
+
+def _members(root: Path):
+    """Yield (name, opener) for every .jpg in the tarball or folder, in a stable order."""
+    if root.is_dir():
+        for path in sorted(root.rglob("*.jpg")):
+            yield path.name, lambda p=path: open(p, "rb")
+    elif tarfile.is_tarfile(root):
+        with tarfile.open(root, "r:*") as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".jpg"):
+                    yield Path(member.name).name, lambda m=member, t=tar: t.extractfile(m)
+    else:
+        raise DataError(f"data.root = '{root}' is neither a folder nor a tar archive; "
+                        "point it at UTKFace.tar.gz or at the extracted UTKFace/ folder")
+
+
+def load(root: str | Path, target: str, group: str, size: int, age_bins: list[int]) -> RawDataset:
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data.root = '{root}' does not exist; point it at UTKFace.tar.gz "
+                        "or at the extracted UTKFace/ folder")
+    images, labels, skipped = [], [], []
+    for name, opener in tqdm(_members(root), desc="utkface", unit="img", mininterval=2):
+        parsed = parse_name(name)
+        if parsed is None:
+            skipped.append(name)
+            continue
+        with opener() as handle:
+            images.append(decode(handle, size))
+        labels.append(parsed)
+    if skipped:
+        log.warning("UTKFace: skipped %d malformed file names, e.g. %s", len(skipped), skipped[:3])
+    if not images:
+        raise DataError(f"no UTKFace images with official names found under '{root}'")
+    values = np.asarray(labels, dtype=np.int64)
+    targets, target_names = _attribute(values, target, age_bins)
+    groups, group_names = _attribute(values, group, age_bins)
+    return RawDataset(np.stack(images), targets, groups, target_names, group_names,
+                      info={"source": str(root), "skipped_malformed": len(skipped),
+                            "skipped_examples": skipped[:10]})

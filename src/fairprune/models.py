@@ -1,0 +1,102 @@
+"""Architecture registry. Every model takes float images in [0, 1] and normalises them itself,
+so a saved or MLflow-logged model needs nothing from the data stage to run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models import mobilenet_v2
+from torchvision.models.resnet import BasicBlock, ResNet
+
+ARCHITECTURES: dict[str, Callable[[int, int, int], nn.Module]] = {}
+
+
+def register(name: str):
+    def wrap(fn):
+        ARCHITECTURES[name] = fn
+        return fn
+    return wrap
+
+
+@register("small_cnn")
+def small_cnn(in_channels: int, size: int, num_classes: int) -> nn.Module:
+    """Tran et al.'s Table 2 network: two conv layers and three linear layers."""
+    pooled = size // 4
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * pooled * pooled, 256), nn.ReLU(inplace=True),
+        nn.Linear(256, 128), nn.ReLU(inplace=True),
+        nn.Linear(128, num_classes),
+    )
+
+
+def _small_image_resnet(layers: list[int], in_channels: int, num_classes: int) -> nn.Module:
+    net = ResNet(BasicBlock, layers, num_classes=num_classes)
+    # CIFAR-style stem: a 3x3 stride-1 conv and no max-pool keep spatial detail of 32 px inputs.
+    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+@register("resnet10")
+def resnet10(in_channels: int, size: int, num_classes: int) -> nn.Module:
+    return _small_image_resnet([1, 1, 1, 1], in_channels, num_classes)
+
+
+@register("resnet18")
+def resnet18(in_channels: int, size: int, num_classes: int) -> nn.Module:
+    return _small_image_resnet([2, 2, 2, 2], in_channels, num_classes)
+
+
+@register("mobilenet_v2")
+def mobilenet(in_channels: int, size: int, num_classes: int) -> nn.Module:
+    net = mobilenet_v2(num_classes=num_classes)
+    first = net.features[0][0]
+    stride = 1 if size <= 64 else 2
+    net.features[0][0] = nn.Conv2d(in_channels, first.out_channels, 3, stride=stride, padding=1, bias=False)
+    return net
+
+
+class Classifier(nn.Module):
+    """An architecture behind a fixed input normalisation."""
+
+    def __init__(self, arch: str, input_shape: tuple[int, int, int], num_classes: int,
+                 mean: list[float], std: list[float]):
+        super().__init__()
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture '{arch}'; known: {', '.join(ARCHITECTURES)}")
+        self.arch, self.input_shape, self.num_classes = arch, tuple(input_shape), num_classes
+        channels, size, _ = self.input_shape
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.net = ARCHITECTURES[arch](channels, size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+    def spec(self) -> dict:
+        return {"arch": self.arch, "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+
+
+def build(arch: str, data) -> Classifier:
+    """A fresh model for a PreparedData's input shape and classes."""
+    return Classifier(arch, data.input_shape, data.num_classes, data.mean, data.std)
+
+
+def save(model: nn.Module, path: str | Path, **extra) -> None:
+    """Save the whole module (pickled), so physically pruned models reload with their shapes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": model.cpu(), **extra}, tmp)
+    tmp.replace(path)
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Classifier, dict]:
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    return payload.pop("model"), payload

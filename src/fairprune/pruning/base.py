@@ -1,0 +1,83 @@
+"""The method interface, the registry and the bookkeeping every method shares."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from fairprune.errors import ParamsError
+
+_REGISTRY: dict[str, type["PruningMethod"]] = {}
+
+
+@dataclass
+class PruneContext:
+    data: object  # PreparedData: methods that score with data read its train split
+    device: torch.device
+    seed: int = 0
+    exclude_output_layer: bool = True
+    options: dict = field(default_factory=dict)
+
+
+class PruningMethod:
+    """Subclasses set `name` and implement `prune`; `structured` methods shrink the model."""
+
+    name: str = ""
+    structured: bool = False
+
+    def check(self, sparsity: float) -> None:
+        """Raise ParamsError when this method cannot reach `sparsity`."""
+
+    def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> nn.Module:
+        raise NotImplementedError
+
+
+def register(cls: type[PruningMethod]) -> type[PruningMethod]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> PruningMethod:
+    if name not in _REGISTRY:
+        raise ParamsError("prune.methods", name, f"one of: {', '.join(available_methods())}")
+    return _REGISTRY[name]()
+
+
+def prunable_weights(model: nn.Module, exclude_output_layer: bool = True) -> list[tuple[nn.Module, str]]:
+    """(module, 'weight') for every Conv2d and Linear layer, optionally without the classifier.
+
+    The output layer is usually kept dense: it is tiny, and emptying it can remove a class.
+    """
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if exclude_output_layer and len(layers) > 1:
+        layers = layers[:-1]
+    return [(m, "weight") for m in layers]
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold every torch.nn.utils.prune mask into its weight (zeros stay zeros)."""
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                torch_prune.remove(module, hook._tensor_name)
+    return model
+
+
+def measure_sparsity(model: nn.Module, exclude_output_layer: bool = True) -> dict[str, float | int]:
+    """Parameter counts and the fraction of zero weights in the prunable layers."""
+    prunable = prunable_weights(model, exclude_output_layer)
+    zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in prunable)
+    total = sum(getattr(m, n).numel() for m, n in prunable)
+    params = list(model.parameters())
+    return {
+        "sparsity_actual": zeros / max(total, 1),
+        "prunable_total": total,
+        "params_total": sum(p.numel() for p in params),
+        "params_nonzero": sum(int((p != 0).sum()) for p in params),
+    }

@@ -1,0 +1,117 @@
+"""The comparison report: a summary table, figures and a Markdown page from the eval metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+GAPS = ("accuracy_gap", "excess_loss_gap", "degradation_gap", "worst_excess_drop")
+SCALARS = ("run", "method", "sparsity", "seed", "split", "sparsity_actual", "params_total", "params_nonzero",
+           "accuracy", "loss")
+
+
+def summary_table(records: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        row = {k: r[k] for k in SCALARS}
+        row.update(r["fairness"])
+        row.update({f"acc/{g}": v["accuracy"] for g, v in r["groups"].items()})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["_pruned"] = table.method != "dense"
+    table = table.sort_values(["_pruned", "method", "sparsity", "seed"], kind="stable")
+    return table.drop(columns="_pruned").reset_index(drop=True)
+
+
+def _by_sparsity(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Mean and std over seeds per method and sparsity; each method's curve starts at the dense model."""
+    dense = table[table.method == "dense"]
+    frames = []
+    for method in [m for m in table.method.unique() if m != "dense"]:
+        frames.append(pd.concat([dense.assign(method=method), table[table.method == method]]))
+    curves = pd.concat(frames) if frames else dense
+    return curves.groupby(["method", "sparsity"])[column].agg(["mean", "std"]).reset_index()
+
+
+def _line(ax, frame: pd.DataFrame, label: str) -> None:
+    ax.errorbar(frame["sparsity"], frame["mean"], yerr=frame["std"].fillna(0), marker="o", capsize=3, label=label)
+
+
+def figures(table: pd.DataFrame, group_names: list[str], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    methods = [m for m in table.method.unique() if m != "dense"] or ["dense"]
+
+    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        for g in group_names:
+            curve = _by_sparsity(table, f"acc/{g}")
+            _line(ax, curve[curve.method == method], g)
+        ax.set(title=f"{method}: accuracy per group", xlabel="sparsity", ylabel="test accuracy")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, ncol=2, title="group")
+    paths.append(_save(fig, out_dir / "group_accuracy_vs_sparsity.png"))
+
+    gaps = [g for g in (*GAPS, "demographic_parity_gap", "equalized_odds_gap") if g in table]
+    fig, axes = plt.subplots(1, len(gaps), figsize=(4.5 * len(gaps), 4), squeeze=False)
+    for ax, gap in zip(axes[0], gaps):
+        curve = _by_sparsity(table, gap)
+        for method in methods:
+            _line(ax, curve[curve.method == method], method)
+        ax.set(title=gap, xlabel="sparsity")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    paths.append(_save(fig, out_dir / "fairness_gaps_vs_sparsity.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    curve = _by_sparsity(table, "accuracy")
+    for method in methods:
+        _line(ax, curve[curve.method == method], method)
+    ax.set(title="overall accuracy", xlabel="sparsity", ylabel="test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out_dir / "accuracy_vs_sparsity.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _markdown(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    lines = [header, rule]
+    for _, row in frame.iterrows():
+        cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_page(table: pd.DataFrame, figure_paths: list[Path], timings: pd.DataFrame, data_info: dict) -> str:
+    aggregate = table.groupby(["method", "sparsity"], sort=False)[
+        ["accuracy", *[g for g in GAPS if g in table], "sparsity_actual"]].mean().reset_index()
+    parts = [
+        "# fairprune report",
+        f"Dataset `{data_info.get('dataset')}`, target `{data_info.get('target')}`, group `{data_info.get('group')}`; "
+        f"split `{table.split.iloc[0]}`; seeds {sorted(table.seed.unique().tolist())}.",
+        "## Accuracy and fairness gaps (mean over seeds)",
+        _markdown(aggregate),
+        "## Per-group accuracy",
+        _markdown(table[["run", *[c for c in table.columns if c.startswith("acc/")]]]),
+        "## Figures",
+        *[f"![{p.stem}](figures/{p.name})" for p in figure_paths],
+        "## Stage wall time (seconds)",
+        _markdown(timings, ".1f"),
+        "Gaps are defined in the project README (metrics contract): accuracy_gap = max - min group accuracy; "
+        "excess_loss_gap = max - min of R(a) = J_pruned(a) - J_dense(a); degradation_gap = max - min of the "
+        "group accuracy drops; worst_excess_drop = max over groups of (group drop - overall drop).",
+    ]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,129 @@
+"""MLflow helpers: one store per project, one run per stage execution, per-group metrics.
+
+The store is SQLite (`sqlite:///mlflow.db`) with artifacts under `mlruns/`, both resolved
+against the project root, so queued `dvc exp` runs (which execute in a temporary copy under
+`.dvc/tmp/exps/`) log into the project's store instead of a throwaway one.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock
+
+from fairprune.config import BaseParams
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The working directory, or the real project when running inside a queued DVC experiment."""
+    start = (start or Path.cwd()).resolve()
+    parts = start.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return start
+
+
+def resolve_uri(base: BaseParams, root: Path | None = None) -> tuple[str, str]:
+    """(tracking URI, artifact location URI); MLFLOW_TRACKING_URI in the environment wins."""
+    root = root or project_root()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or base.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str((root / uri[len(prefix):]).resolve())
+    artifacts = Path(base.artifact_root)
+    artifacts = artifacts if artifacts.is_absolute() else root / artifacts
+    return uri, artifacts.resolve().as_uri()
+
+
+def ensure_store(base: BaseParams) -> str:
+    """Create the database schema and the experiment once; return the experiment id.
+
+    A fresh SQLite store breaks when several processes create its schema at once, so the
+    creation is serialised with a file lock next to the database.
+    """
+    import mlflow
+
+    uri, artifacts = resolve_uri(base)
+    mlflow.set_tracking_uri(uri)
+    lock_dir = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else project_root()
+    with FileLock(str(lock_dir / ".mlflow.lock")):
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_experiment_by_name(base.experiment)
+        if experiment is None:
+            return client.create_experiment(base.experiment, artifact_location=artifacts)
+        return experiment.experiment_id
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=project_root()).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in params.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+@contextlib.contextmanager
+def stage_run(base: BaseParams, stage: str, dvc_stage: str, params: dict, run_id: str | None = None,
+              **tags) -> Iterator[object]:
+    """An MLflow run for one stage execution, tagged and with its params logged.
+
+    Pass `run_id` to continue a run (a resumed training keeps its metric history).
+    """
+    import mlflow
+
+    experiment_id = ensure_store(base)
+    all_tags = {"stage": stage, "dvc_stage": dvc_stage, "git_commit": git_commit(),
+                **{k: str(v) for k, v in tags.items()}}
+    name = dvc_stage.replace("@", "-")
+    mlflow.set_experiment(experiment_id=experiment_id)
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=name, tags=all_tags) as run:
+        if run_id is None:
+            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
+        yield run
+
+
+def metric_name(name: str) -> str:
+    """MLflow metric names allow letters, digits, _ - . / and spaces."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import math
+
+    import mlflow
+
+    clean = {metric_name(k): float(v) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not math.isnan(float(v))}
+    mlflow.log_metrics(clean, step=step)
+
+
+def log_model(model, name: str = "model") -> None:
+    """Log a model that reloads (mlflow.pytorch.load_model) as the project's own module."""
+    import mlflow.pytorch
+    import torch
+    import torchvision
+
+    mlflow.pytorch.log_model(
+        model.cpu(), name=name, serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                          f"torchvision=={torchvision.__version__.split('+')[0]}", "fairprune"],
+    )

@@ -1,0 +1,135 @@
+"""The training loop: SGD with momentum, an LR schedule, bf16 autocast on CUDA, a progress bar,
+a checkpoint after every epoch and resume after an interruption.
+
+Pruned models are trained through the same loop: `torch.nn.utils.prune` re-parametrises each
+weight as weight_orig * mask, so the mask stays fixed while the surviving weights learn.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fairprune.config import OptimParams
+from fairprune.device import autocast, to_device
+from fairprune.errors import TrainingDiverged
+from fairprune.evaluation import evaluate_split
+
+LogFn = Callable[[dict[str, float], int], None]
+NAN_CHECK_EVERY = 25
+
+
+def fingerprint(*parts) -> str:
+    """A short hash of everything that makes a checkpoint resumable (params, seed, inputs)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def read_checkpoint(path: Path | None, expected: str) -> dict | None:
+    """The checkpoint at `path` if it was written by a run with the same fingerprint."""
+    if path is None or not Path(path).exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state if state.get("fingerprint") == expected else None
+
+
+def _write_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def make_optimizer(model: torch.nn.Module, opt: OptimParams):
+    optimizer = torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum,
+                                weight_decay=opt.weight_decay)
+    epochs = max(opt.epochs, 1)
+    if opt.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    elif opt.schedule == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return optimizer, scheduler
+
+
+def _train_epoch(model, images, targets, opt: OptimParams, optimizer, device, generator, epoch: int, desc: str):
+    model.train()
+    order = torch.randperm(len(targets), generator=generator).to(device)
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    steps = math.ceil(len(targets) / opt.batch_size)
+    bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}", leave=False, mininterval=1, disable=steps < 50)
+    for step in bar:
+        idx = order[step * opt.batch_size:(step + 1) * opt.batch_size]
+        x = images[idx].float().div_(255.0)
+        y = targets[idx]
+        if opt.hflip:
+            flip = torch.rand(len(x), device=device, generator=None) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        with autocast(device):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        if (step + 1) % NAN_CHECK_EVERY == 0 or step + 1 == steps:
+            if not torch.isfinite(total_loss):
+                raise TrainingDiverged(
+                    f"{desc}: the training loss became {float(total_loss)} in epoch {epoch + 1} "
+                    f"(by step {step + 1}); lower the learning rate (lr = {opt.lr}) or check the data")
+    n = len(targets)
+    return float(total_loss) / n, float(correct) / n
+
+
+def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *, seed: int,
+        checkpoint: Path | None = None, resume_key: str = "", log: LogFn | None = None,
+        desc: str = "train", extra_state: dict | None = None) -> list[dict]:
+    """Train `model` for opt.epochs on the train split, validating per group after each epoch.
+
+    Returns the per-epoch history. With a checkpoint path, state is saved after every epoch
+    and a matching checkpoint (same resume_key) is resumed from its next epoch.
+    """
+    model.to(device)
+    optimizer, scheduler = make_optimizer(model, opt)
+    images, targets, _ = data.subset("train")
+    images, targets = to_device(images, device), targets.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    start, history = 0, []
+    state = read_checkpoint(checkpoint, resume_key)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        start, history = state["epoch"], state["history"]
+        tqdm.write(f"{desc}: resuming from the checkpoint after epoch {start}")
+    for epoch in tqdm(range(start, opt.epochs), desc=desc, initial=start, total=opt.epochs, unit="epoch"):
+        train_loss, train_acc = _train_epoch(model, images, targets, opt, optimizer, device, generator, epoch, desc)
+        scheduler.step()
+        val = evaluate_split(model, data, "val", 1024, device).stats()
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
+                  "val_loss": val.overall_loss, "val_acc": val.overall_accuracy,
+                  "lr": optimizer.param_groups[0]["lr"]}
+        record.update({f"val_acc/{g}": float(a) for g, a in zip(data.group_names, val.accuracy)})
+        history.append(record)
+        if log:
+            log(record, epoch + 1)
+        if checkpoint is not None:
+            _write_checkpoint(checkpoint, {
+                "fingerprint": resume_key, "epoch": epoch + 1, "history": history,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                **(extra_state or {}),
+            })
+    return history
+
