@@ -127,3 +127,12 @@ def log_model(model, name: str = "model") -> None:
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                           f"torchvision=={torchvision.__version__.split('+')[0]}", "fairprune"],
     )
+
+
+if __name__ == "__main__":
+    # `python -m fairprune.tracking`: create the store and experiment before stages fan out.
+    from fairprune import config
+
+    base = config.load().base
+    experiment = ensure_store(base)
+    print(f"MLflow store {resolve_uri(base)[0]}, experiment '{base.experiment}' (id {experiment})")

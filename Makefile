@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine:  make run   and   make test
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install run test test-slow bench clean-outputs
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: pip takes these two wheels from local disk on the project machines.
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# CONFIG=configs/<name>.yaml merges a named configuration into params.yaml first.
+run: install
+ifdef CONFIG
+	$(BIN)/fairprune-params apply $(CONFIG)
+endif
+	$(BIN)/fairprune-params check params.yaml
+	$(BIN)/python -m fairprune.tracking
+	$(BIN)/dvc repro
+
+test: install
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+bench: install
+	$(BIN)/python benchmarks/bench_evaluation.py
+	$(BIN)/python benchmarks/bench_pipeline.py

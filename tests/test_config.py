@@ -1,0 +1,76 @@
+import pytest
+
+from fairprune import config
+from fairprune.errors import ParamsError
+
+
+def error_for(raw) -> ParamsError:
+    with pytest.raises(ParamsError) as info:
+        config.validate(raw)
+    return info.value
+
+
+def test_defaults_are_valid():
+    params = config.validate({})
+    assert params.data.dataset == "digits" and params.data.group == "class"
+
+
+def test_unknown_key_names_dotted_path_and_allowed_keys():
+    err = error_for({"train": {"epoch": 3}})
+    assert err.key == "train.epoch"
+    assert "epochs" in str(err) and "unknown key in 'train'" in str(err)
+
+
+def test_unknown_section():
+    err = error_for({"trian": {}})
+    assert err.key == "trian" and "train" in err.allowed
+
+
+def test_wrong_type():
+    err = error_for({"train": {"epochs": "ten"}})
+    assert err.key == "train.epochs" and err.value == "ten" and "integer" in err.allowed
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, 1.5])
+def test_sparsity_outside_unit_interval(value):
+    err = error_for({"prune": {"sparsities": [0.5, value]}})
+    assert err.key == "prune.sparsities.1" and err.value == value and "[0, 1)" in err.allowed
+
+
+def test_unknown_dataset_model_method():
+    assert "digits" in error_for({"data": {"dataset": "imagenet"}}).allowed
+    assert error_for({"model": {"arch": "vgg99"}}).key == "model.arch"
+    err = error_for({"prune": {"methods": ["magnitude", "oracle"]}})
+    assert err.key == "prune.methods.1" and "magnitude" in err.allowed
+
+
+def test_group_attribute_must_exist():
+    err = error_for({"data": {"dataset": "celeba", "root": "x", "group": "Hair_Colour"}})
+    assert err.key == "data.group" and err.value == "Hair_Colour" and "Male" in err.allowed
+    err = error_for({"data": {"dataset": "utkface", "root": "x", "target": "ethnicity"}})
+    assert err.key == "data.target" and "race" in err.allowed
+
+
+def test_root_required_for_file_datasets():
+    err = error_for({"data": {"dataset": "utkface"}})
+    assert err.key == "data.root" and "UTKFace.tar.gz" in err.allowed
+
+
+def test_message_is_one_line_with_key_value_and_allowed():
+    message = str(error_for({"evaluate": {"split": "holdout"}}))
+    assert "\n" not in message
+    assert "'evaluate.split'" in message and "'holdout'" in message and "test" in message
+
+
+def test_apply_merges_override(tmp_path):
+    base = tmp_path / "params.yaml"
+    base.write_text("train:\n  epochs: 3\n  lr: 0.1\n")
+    override = tmp_path / "o.yaml"
+    override.write_text("train:\n  epochs: 5\n")
+    assert config.main(["apply", str(override), "--into", str(base)]) == 0
+    merged = config.load(base)
+    assert merged.train.epochs == 5 and merged.train.lr == 0.1
+    override.write_text("train:\n  epochs: -1\n")
+    before = base.read_text()
+    assert config.main(["apply", str(override), "--into", str(base)]) == 2
+    assert base.read_text() == before

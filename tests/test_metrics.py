@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from fairprune.fairness import fairness_gaps, group_stats
+
+
+def test_group_stats_hand_computed():
+    # group 0: 3 samples, 2 correct; group 1: 1 sample (single), correct; group 2: absent.
+    y_true = [0, 1, 1, 0]
+    y_pred = [0, 1, 0, 0]
+    loss = [0.1, 0.2, 2.0, 0.5]
+    group = [0, 0, 0, 1]
+    s = group_stats(y_true, y_pred, loss, group, num_groups=3)
+    assert s.n.tolist() == [3, 1, 0]
+    assert s.accuracy[:2] == pytest.approx([2 / 3, 1.0])
+    assert s.loss[:2] == pytest.approx([(0.1 + 0.2 + 2.0) / 3, 0.5])
+    assert np.isnan(s.accuracy[2]) and np.isnan(s.loss[2])
+    assert s.overall_accuracy == pytest.approx(0.75)
+    assert s.overall_loss == pytest.approx(2.8 / 4)
+
+
+def test_gaps_against_dense_hand_computed():
+    dense = group_stats([0, 0, 1, 1, 1], [0, 0, 1, 1, 0], [0.1, 0.1, 0.2, 0.2, 1.0], [0, 0, 1, 1, 1], 2, 2)
+    pruned = group_stats([0, 0, 1, 1, 1], [0, 1, 1, 0, 0], [0.3, 0.9, 0.4, 1.2, 1.5], [0, 0, 1, 1, 1], 2, 2)
+    gaps = fairness_gaps(pruned, dense)
+    # accuracies: dense [1, 2/3], pruned [1/2, 1/3]; overall dense 4/5, pruned 2/5
+    assert gaps["accuracy_gap"] == pytest.approx(1 / 2 - 1 / 3)
+    drops = np.array([1 - 1 / 2, 2 / 3 - 1 / 3])
+    assert gaps["degradation_gap"] == pytest.approx(abs(drops[0] - drops[1]))
+    assert gaps["worst_excess_drop"] == pytest.approx(drops.max() - (4 / 5 - 2 / 5))
+    excess = np.array([(0.3 + 0.9) / 2 - 0.1, (0.4 + 1.2 + 1.5) / 3 - (0.2 + 0.2 + 1.0) / 3])
+    assert gaps["excess_loss_gap"] == pytest.approx(abs(excess[0] - excess[1]))
+    # binary target: demographic parity on positive predictions, equalized odds on TPR/FPR
+    assert gaps["demographic_parity_gap"] == pytest.approx(abs(1 / 2 - 1 / 3))
+    tpr = [np.nan, 1 / 3]
+    fpr = [1 / 2, np.nan]
+    assert np.isnan(tpr[0]) and np.isnan(fpr[1])
+    assert gaps["equalized_odds_gap"] == 0.0  # each rate is defined for one group only
+
+
+def test_missing_group_is_left_out_of_gaps():
+    dense = group_stats([0, 1, 2], [0, 1, 2], [0.1, 0.1, 0.1], [0, 1, 1], 3, num_classes=3)
+    pruned = group_stats([0, 1, 2], [0, 1, 0], [0.1, 0.3, 0.9], [0, 1, 1], 3, num_classes=3)
+    gaps = fairness_gaps(pruned, dense)
+    assert gaps["accuracy_gap"] == pytest.approx(0.5)
+    assert gaps["degradation_gap"] == pytest.approx(0.5)
+    assert "demographic_parity_gap" not in gaps
+
+
+def test_dense_against_itself_has_zero_degradation():
+    s = group_stats([0, 1, 1], [0, 0, 1], [0.1, 0.9, 0.2], [0, 1, 1], 2)
+    gaps = fairness_gaps(s, s)
+    assert gaps["degradation_gap"] == 0 and gaps["excess_loss_gap"] == 0 and gaps["worst_excess_drop"] == 0
+
+
+def test_single_pass_equals_per_group_loop():
+    rng = np.random.default_rng(0)
+    y, p, g = rng.integers(0, 4, 500), rng.integers(0, 4, 500), rng.integers(0, 6, 500)
+    loss = rng.random(500)
+    s = group_stats(y, p, loss, g, 7)
+    for a in range(6):
+        assert s.accuracy[a] == pytest.approx(np.mean(y[g == a] == p[g == a]))
+        assert s.loss[a] == pytest.approx(loss[g == a].mean())
+    assert s.n[6] == 0

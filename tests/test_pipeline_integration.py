@@ -1,0 +1,128 @@
+"""The whole `dvc repro` on a tiny config in a temporary copy of the repository."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+TINY = {
+    "base": {"seeds": [0, 1], "threads": 1},
+    "data": {"imbalance": {"groups": ["8"], "fraction": 0.3}},
+    "train": {"epochs": 3},
+    "prune": {"methods": ["magnitude"], "sparsities": [0.5, 0.9]},
+    "finetune": {"epochs": 1},
+}
+COPY = ["pipeline", "src", "dvc.yaml", ".dvcignore", ".gitignore"]
+
+
+def sh(cmd, cwd, env, timeout=400):
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    repo = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("project")
+    for name in COPY:
+        src = repo / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    sh(["git", "init", "-q"], work, env)
+    sh(["dvc", "init", "-q"], work, env)
+    sh([sys.executable, "-m", "fairprune.tracking"], work, env)
+    sh(["dvc", "repro"], work, env)
+    return work, env
+
+
+def test_outputs_exist_for_every_model(project):
+    work, _ = project
+    runs = [f"{name}-s{seed}" for seed in (0, 1) for name in ("dense", "magnitude-0.5", "magnitude-0.9")]
+    for run in runs:
+        assert (work / "predictions" / f"{run}.npz").is_file()
+        assert (work / "metrics" / "eval" / f"{run}.json").is_file()
+    for name in ("summary.csv", "summary.json", "README.md", "figures/group_accuracy_vs_sparsity.png",
+                 "figures/fairness_gaps_vs_sparsity.png", "figures/accuracy_vs_sparsity.png"):
+        assert (work / "reports" / name).is_file()
+    summary = json.loads((work / "reports" / "summary.json").read_text())
+    assert set(summary) == set(runs) and "acc/8" in summary["dense-s0"]
+    assert "wall time" in (work / "reports" / "README.md").read_text()
+
+
+def test_eval_metrics_match_predictions(project):
+    work, _ = project
+    for path in sorted((work / "metrics" / "eval").glob("*.json")):
+        record = json.loads(path.read_text())
+        with np.load(work / "predictions" / f"{path.stem}.npz") as preds:
+            names = [str(n) for n in preds["group_names"]]
+            assert set(names) == set(record["groups"])
+            for g, name in enumerate(names):
+                rows = preds["group"] == g
+                assert record["groups"][name]["n"] == int(rows.sum())
+                expected = float(np.mean(preds["y_true"][rows] == preds["y_pred"][rows]))
+                assert record["groups"][name]["accuracy"] == pytest.approx(expected, abs=1e-12)
+        if record["method"] == "magnitude":
+            assert record["sparsity_actual"] == pytest.approx(record["sparsity"], abs=1e-3)
+            assert record["fairness"]["accuracy_gap"] >= 0
+            for key in ("accuracy_gap", "excess_loss_gap", "degradation_gap", "worst_excess_drop"):
+                assert key in record["fairness"]
+
+
+def test_nothing_to_do_after_repro_and_param_change_reruns_only_affected(project):
+    work, env = project
+    assert "up to date" in sh(["dvc", "status"], work, env)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    original = yaml.safe_dump(params, sort_keys=False)
+    params["finetune"]["epochs"] = 2
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        changed = set(json.loads(sh(["dvc", "status", "--json"], work, env)))
+    finally:
+        (work / "params.yaml").write_text(original)
+    assert changed == {f"prune@magnitude-{s}-{seed}" for s in ("0.5", "0.9") for seed in (0, 1)}
+
+
+def test_mlflow_has_a_run_per_stage_with_group_metrics_and_reloadable_models(project):
+    work, env = project
+    import mlflow
+    import torch
+
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("fairprune")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    by_stage = {}
+    for run in runs:
+        if "mlflow.parentRunId" not in run.data.tags:
+            by_stage.setdefault(run.data.tags["stage"], []).append(run)
+    assert {k: len(v) for k, v in by_stage.items()} == {"prepare": 1, "train": 2, "prune": 4, "evaluate": 1,
+                                                        "report": 1}
+    for run in by_stage["prune"]:
+        tags = run.data.tags
+        assert tags["method"] == "magnitude" and tags["dvc_stage"].startswith("prune@magnitude-")
+        assert {"seed", "sparsity", "git_commit"} <= set(tags)
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(nested) == 6 and all("acc/8" in r.data.metrics for r in nested)
+    train = by_stage["train"][0]
+    assert "val_acc/8" in train.data.metrics and "train.lr" in train.data.params
+    mlflow.set_tracking_uri(uri)
+    run = by_stage["prune"][0]
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    from fairprune.models import Classifier
+    assert isinstance(model, Classifier)
+    zeros = sum(int((p == 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))
+    assert zeros > 0
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
