@@ -29,7 +29,8 @@ def utk_tar(tmp_path):
                     jpeg(folder / f"{age}_{gender}_{race}_2017010{k}{i:04d}.jpg.chip.jpg", seed=i)
                     i += 1
     for bad in ("39_1_20170116174525125.jpg.chip.jpg", "61_1_20170109150557335.jpg.chip.jpg",
-                "53__0_20170116184028385.jpg.chip.jpg"):
+                "53__0_20170116184028385.jpg.chip.jpg", "55_0_0_20170116232725357jpg.chip.jpg",
+                "24_0_1_20170116220224657 .jpg.chip.jpg"):
         jpeg(folder / bad)
     archive = tmp_path / "UTKFace.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -42,6 +43,9 @@ def test_utkface_name_parser():
     assert utkface.parse_name("39_1_20170116174525125.jpg.chip.jpg") is None
     assert utkface.parse_name("53__0_2017.jpg.chip.jpg") is None
     assert utkface.parse_name("26_1_7_2017.jpg.chip.jpg") is None
+    assert utkface.parse_name("24_0_1_20170116220224657 .jpg.chip.jpg") is None
+    assert utkface.parse_name("55_0_0_20170116232725357jpg.chip.jpg") is None
+    assert utkface.parse_name("26_1_2_20170116.jpg") == (26, 1, 2)
 
 
 @pytest.mark.parametrize("which", ["tar", "folder"])
@@ -49,7 +53,7 @@ def test_utkface_loader_counts_malformed_and_bins_ages(utk_tar, which):
     path = utk_tar[0] if which == "tar" else utk_tar[1]
     raw = utkface.load(path, target="gender", group="age", size=16, age_bins=[20, 40, 60])
     assert raw.images.shape == (120, 16, 16, 3) and raw.images.dtype == np.uint8
-    assert raw.info["skipped_malformed"] == 3
+    assert raw.info["skipped_malformed"] == 5
     assert raw.group_names == ["0-19", "20-39", "40-59", "60+"]
     assert np.bincount(raw.groups).tolist() == [30, 30, 30, 30]
     assert raw.target_names == ["male", "female"]

@@ -7,6 +7,7 @@ what is allowed.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -239,14 +240,32 @@ def load(path: str | Path = "params.yaml") -> Params:
     return validate(raw)
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
+def _round_trip_yaml():
+    from ruamel.yaml import YAML  # installed with DVC; keeps the comments of params.yaml
+
+    yaml_rt = YAML()
+    yaml_rt.preserve_quotes = True
+    return yaml_rt
+
+
+def _merge_into(base, override: dict) -> None:
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge_into(base[key], value)
         else:
-            merged[key] = value
-    return merged
+            base[key] = value
+
+
+def apply_override(target: Path, override: Path):
+    """params.yaml with a named configuration merged in (comments kept), validated."""
+    if not override.exists():
+        raise ParamsError("(file)", str(override), "an existing configuration file, e.g. one in configs/")
+    base = _round_trip_yaml().load(target.read_text()) if target.exists() else {}
+    _merge_into(base, yaml.safe_load(override.read_text()) or {})
+    text = io.StringIO()
+    _round_trip_yaml().dump(base, text)
+    validate(yaml.safe_load(text.getvalue()))
+    return base
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,12 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.file}: ok")
             return 0
         target = Path(args.into)
-        base = yaml.safe_load(target.read_text()) if target.exists() else {}
-        override = yaml.safe_load(Path(args.override).read_text()) or {}
-        merged = deep_merge(base or {}, override)
-        validate(merged)
+        merged = apply_override(target, Path(args.override))
         tmp = target.with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(merged, sort_keys=False))
+        with open(tmp, "w") as handle:
+            _round_trip_yaml().dump(merged, handle)
         tmp.replace(target)
         print(f"applied {args.override} to {target}")
         return 0

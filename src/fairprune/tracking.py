@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -122,6 +123,10 @@ def log_model(model, name: str = "model") -> None:
     import torch
     import torchvision
 
+    # Pickle is deliberate: it is the format that reloads pruned and physically smaller models
+    # as the project's own modules; MLflow warns about it on every call.
+    warnings.filterwarnings("ignore", message="Saving pytorch model by Pickle")
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     mlflow.pytorch.log_model(
         model.cpu(), name=name, serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",

@@ -6,6 +6,7 @@ stays with the original owners.
 from __future__ import annotations
 
 import logging
+import re
 import tarfile
 from pathlib import Path
 
@@ -19,18 +20,19 @@ from fairprune.errors import DataError
 log = logging.getLogger(__name__)
 RACES = ["White", "Black", "Asian", "Indian", "Others"]
 GENDERS = ["male", "female"]
+NAME_PATTERN = re.compile(r"^(\d+)_(\d+)_(\d+)_\d+\.jpg(?:\.chip\.jpg)?$")
 
 
 def parse_name(name: str) -> tuple[int, int, int] | None:
-    """(age, gender, race) from an official file name, or None when it is malformed."""
-    base = Path(name).name
-    parts = base.split("_")
-    if len(parts) != 4 or not base.endswith(".jpg"):
+    """(age, gender, race) from an official file name, or None when it is malformed.
+
+    The official release has names with a missing field, a missing dot or a stray space;
+    the full-name pattern rejects all of them.
+    """
+    match = NAME_PATTERN.match(Path(name).name)
+    if match is None:
         return None
-    try:
-        age, gender, race = int(parts[0]), int(parts[1]), int(parts[2])
-    except ValueError:
-        return None
+    age, gender, race = (int(v) for v in match.groups())
     if not (1 <= age <= 116 and gender in (0, 1) and 0 <= race < len(RACES)):
         return None
     return age, gender, race
