@@ -72,7 +72,7 @@ def _train_epoch(model, images, targets, opt: OptimParams, optimizer, device, ge
         x = images[idx].float().div_(255.0)
         y = targets[idx]
         if opt.hflip:
-            flip = torch.rand(len(x), device=device, generator=None) < 0.5
+            flip = (torch.rand(len(x), generator=generator) < 0.5).to(device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         with autocast(device):
             logits = model(x)
