@@ -96,13 +96,17 @@ def _markdown(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
 
 
 def markdown_page(table: pd.DataFrame, figure_paths: list[Path], timings: pd.DataFrame, data_info: dict) -> str:
-    aggregate = table.groupby(["method", "sparsity"], sort=False)[
-        ["accuracy", *[g for g in GAPS if g in table], "sparsity_actual"]].mean().reset_index()
+    columns = ["accuracy", *[g for g in GAPS if g in table], "sparsity_actual"]
+    grouped = table.groupby(["method", "sparsity"], sort=False)
+    aggregate = grouped[columns].mean()
+    spread = grouped[["accuracy", "accuracy_gap"]].std().fillna(0.0).add_suffix("_std")
+    aggregate = aggregate.join(spread)[["accuracy", "accuracy_std", "accuracy_gap", "accuracy_gap_std",
+                                        *columns[2:]]].reset_index()
     parts = [
         "# fairprune report",
         f"Dataset `{data_info.get('dataset')}`, target `{data_info.get('target')}`, group `{data_info.get('group')}`; "
         f"split `{table.split.iloc[0]}`; seeds {sorted(table.seed.unique().tolist())}.",
-        "## Accuracy and fairness gaps (mean over seeds)",
+        "## Accuracy and fairness gaps (mean over seeds; _std = standard deviation across seeds)",
         _markdown(aggregate),
         "## Per-group accuracy",
         _markdown(table[["run", *[c for c in table.columns if c.startswith("acc/")]]]),
