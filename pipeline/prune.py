@@ -20,7 +20,8 @@ def main(params, args, timer):
     seed_everything(args.seed)
     model, _ = models.load(artifacts.dense_model(args.seed))
     ctx = PruneContext(data=data, device=device, seed=args.seed,
-                       exclude_output_layer=params.prune.exclude_output_layer)
+                       exclude_output_layer=params.prune.exclude_output_layer,
+                       options=params.prune.model_dump(exclude={"methods", "sparsities"}))
     model = method.prune(model, args.sparsity, ctx)
     at_pruning = measure_sparsity(model, params.prune.exclude_output_layer)
 

@@ -150,6 +150,10 @@ class PruneParams(_Section):
     methods: list[str] = Field(default=["magnitude"], min_length=1)
     sparsities: list[float] = Field(default=[0.5, 0.7, 0.8, 0.9, 0.95], min_length=1)
     exclude_output_layer: bool = True
+    score_batches: int = Field(default=4, ge=1)  # batches that data-driven scores (SNIP, GraSP) average over
+    score_batch_size: int = Field(default=128, ge=1)
+    grasp_temperature: float = Field(default=200.0, gt=0.0)
+    synflow_rounds: int = Field(default=100, ge=1)
 
     @field_validator("sparsities")
     @classmethod

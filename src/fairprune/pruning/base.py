@@ -20,6 +20,15 @@ class PruneContext:
     exclude_output_layer: bool = True
     options: dict = field(default_factory=dict)
 
+    def batches(self):
+        """The first `score_batches` shuffled training batches (seeded), as float inputs on the device."""
+        count, size = self.options.get("score_batches", 4), self.options.get("score_batch_size", 128)
+        images, targets, _ = self.data.subset("train")
+        order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(self.seed))
+        for i in range(min(count, -(-len(targets) // size))):
+            idx = order[i * size:(i + 1) * size]
+            yield images[idx].float().div(255.0).to(self.device), targets[idx].to(self.device)
+
 
 class PruningMethod:
     """Subclasses set `name` and implement `prune`; `structured` methods shrink the model."""
