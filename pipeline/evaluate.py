@@ -10,10 +10,13 @@ from fairprune.pruning import measure_sparsity
 from fairprune.stage import run
 
 
-def metrics_record(run_name, method, sparsity, seed, split, model, preds, dense_stats, exclude_output_layer):
+def metrics_record(run_name, method, sparsity, seed, split, model, preds, dense_stats, exclude_output_layer,
+                   prune_record=None):
     stats = preds.stats()
     dense_stats = dense_stats or stats
     size = measure_sparsity(model, exclude_output_layer)
+    if prune_record and prune_record.get("structured"):
+        size["sparsity_actual"] = prune_record["sparsity_actual"]  # fraction of parameters removed
     groups = {}
     for g, name in enumerate(preds.group_names):
         groups[name] = {
@@ -48,12 +51,12 @@ def main(params, args, timer):
         import mlflow
         for method, sparsity, seed, path in jobs:
             name = artifacts.run_name(method, sparsity, seed, several)
-            model, _ = models.load(path)
+            model, extra = models.load(path)
             preds = evaluate_split(model, data, split, params.evaluate.batch_size, device)
             if method is None:
                 dense_stats[seed] = preds.stats()
             record = metrics_record(name, method or "dense", sparsity, seed, split, model, preds,
-                                    dense_stats[seed], params.prune.exclude_output_layer)
+                                    dense_stats[seed], params.prune.exclude_output_layer, extra.get("record"))
             artifacts.PREDICTIONS_DIR.mkdir(parents=True, exist_ok=True)
             preds.save(artifacts.PREDICTIONS_DIR / f"{name}.npz")
             artifacts.write_json(artifacts.EVAL_DIR / f"{name}.json", record)

@@ -7,6 +7,8 @@ from fairprune.errors import ParamsError
 from fairprune.data import load_prepared
 from fairprune.device import resolve, seed_everything
 from fairprune.pruning import PruneContext, get_method, make_permanent, measure_sparsity
+from fairprune.pruning.cost import latency_ms, macs_per_image
+from fairprune.pruning.structured import count_params
 from fairprune.stage import run
 
 
@@ -19,11 +21,12 @@ def main(params, args, timer):
     data = load_prepared(artifacts.PREPARED)
     seed_everything(args.seed)
     model, _ = models.load(artifacts.dense_model(args.seed))
+    dense_params, dense_macs = count_params(model), macs_per_image(model, data.input_shape)
     ctx = PruneContext(data=data, device=device, seed=args.seed,
                        exclude_output_layer=params.prune.exclude_output_layer,
                        options=params.prune.model_dump(exclude={"methods", "sparsities"}))
     model = method.prune(model, args.sparsity, ctx)
-    at_pruning = measure_sparsity(model, params.prune.exclude_output_layer)
+    at_pruning = size_of(model, method, dense_params, params.prune.exclude_output_layer)
 
     key_name = artifacts.pruned_key(args.method, args.sparsity, args.seed)
     key = training.fingerprint("prune", key_name, params.finetune.model_dump(), params.prune.exclude_output_layer)
@@ -39,10 +42,19 @@ def main(params, args, timer):
                                resume_key=key, log=tracking.log_metrics, desc=f"finetune {key_name}",
                                extra_state={"mlflow_run_id": mlrun.info.run_id})
         make_permanent(model)
+        macs = macs_per_image(model, data.input_shape)
         record = {"method": args.method, "sparsity": args.sparsity, "seed": args.seed,
-                  "structured": method.structured, **measure_sparsity(model, params.prune.exclude_output_layer),
-                  "sparsity_after_pruning": at_pruning["sparsity_actual"], "prune_s": pruned_s,
-                  "final": history[-1] if history else {}, "wall_s": timer.seconds}
+                  "structured": method.structured,
+                  **size_of(model, method, dense_params, params.prune.exclude_output_layer),
+                  "sparsity_after_pruning": at_pruning["sparsity_actual"], "params_dense": dense_params,
+                  "macs": macs, "macs_dense": dense_macs, "mac_reduction": dense_macs / macs, "prune_s": pruned_s,
+                  "final": history[-1] if history else {}}
+        if method.structured:
+            dense, _ = models.load(artifacts.dense_model(args.seed))
+            record["latency_ms"] = latency_ms(model, data.input_shape)
+            record["latency_dense_ms"] = latency_ms(dense, data.input_shape)
+            record["speedup"] = record["latency_dense_ms"] / record["latency_ms"]
+        record["wall_s"] = timer.seconds
         models.save(model, artifacts.pruned_model(args.method, args.sparsity, args.seed), record=record)
         tracking.log_metrics({k: v for k, v in record.items() if isinstance(v, (int, float))})
         tracking.log_model(model)
@@ -50,6 +62,14 @@ def main(params, args, timer):
     checkpoint.unlink(missing_ok=True)
     print(f"{key_name}: sparsity {record['sparsity_actual']:.4f} ({record['params_nonzero']} nonzero of "
           f"{record['params_total']} parameters) in {timer.seconds:.1f}s")
+
+
+def size_of(model, method, dense_params: int, exclude_output_layer: bool) -> dict:
+    """Unstructured: fraction of zero weights in the prunable layers; structured: of parameters removed."""
+    size = measure_sparsity(model, exclude_output_layer)
+    if method.structured:
+        size["sparsity_actual"] = 1 - size["params_total"] / dense_params
+    return size
 
 
 if __name__ == "__main__":
