@@ -20,16 +20,10 @@ def main(params, args, timer):
     device = resolve(params.base.device)
     data = load_prepared(artifacts.PREPARED)
     seed_everything(args.seed)
-    model, _ = models.load(artifacts.dense_model(args.seed))
+    model, dense_extra = models.load(artifacts.dense_model(args.seed))
     dense_params, dense_macs = count_params(model), macs_per_image(model, data.input_shape)
-    ctx = PruneContext(data=data, device=device, seed=args.seed,
-                       exclude_output_layer=params.prune.exclude_output_layer,
-                       options=params.prune.model_dump(exclude={"methods", "sparsities"}))
-    model = method.prune(model, args.sparsity, ctx)
-    at_pruning = size_of(model, method, dense_params, params.prune.exclude_output_layer)
-
     key_name = artifacts.pruned_key(args.method, args.sparsity, args.seed)
-    key = training.fingerprint("prune", key_name, params.finetune.model_dump(), params.prune.exclude_output_layer)
+    key = training.fingerprint("prune", key_name, params.finetune.model_dump(), params.prune.model_dump())
     checkpoint = artifacts.CHECKPOINT_DIR / f"prune-{key_name}.ckpt"
     previous = training.read_checkpoint(checkpoint, key)
     dvc_stage = f"prune@{args.method}-{artifacts.sparsity_label(args.sparsity)}-{args.seed}"
@@ -37,10 +31,22 @@ def main(params, args, timer):
                             {"prune": params.prune.model_dump(), "finetune": params.finetune.model_dump()},
                             run_id=previous and previous.get("mlflow_run_id"), method=args.method,
                             sparsity=args.sparsity, seed=args.seed) as mlrun:
+        def retrain(net, epochs, desc):
+            opt = params.finetune.model_copy(update={"epochs": epochs})
+            return training.fit(net, data, opt, device, seed=args.seed, desc=desc)
+
+        ctx = PruneContext(data=data, device=device, seed=args.seed,
+                           exclude_output_layer=params.prune.exclude_output_layer,
+                           options={**params.prune.model_dump(exclude={"methods", "sparsities"}),
+                                    "finetune_epochs": params.finetune.epochs},
+                           retrain=retrain, rewind_state=dense_extra.get("rewind_state"), log=tracking.log_metrics)
+        model = method.prune(model, args.sparsity, ctx)
+        at_pruning = size_of(model, method, dense_params, params.prune.exclude_output_layer)
         pruned_s = timer.seconds
         history = training.fit(model, data, params.finetune, device, seed=args.seed, checkpoint=checkpoint,
                                resume_key=key, log=tracking.log_metrics, desc=f"finetune {key_name}",
-                               extra_state={"mlflow_run_id": mlrun.info.run_id})
+                               extra_state={"mlflow_run_id": mlrun.info.run_id},
+                               before_epoch=lambda e: method.before_finetune_epoch(model, e, params.finetune.epochs))
         make_permanent(model)
         macs = macs_per_image(model, data.input_shape)
         record = {"method": args.method, "sparsity": args.sparsity, "seed": args.seed,

@@ -138,7 +138,7 @@ class OptimParams(_Section):
 
 
 class TrainParams(OptimParams):
-    pass
+    rewind_epoch: int = Field(default=1, ge=0)  # the early iterate Lottery-Ticket IMP rewinds to (0 = init)
 
 
 class FinetuneParams(OptimParams):
@@ -154,6 +154,7 @@ class PruneParams(_Section):
     score_batch_size: int = Field(default=128, ge=1)
     grasp_temperature: float = Field(default=200.0, gt=0.0)
     synflow_rounds: int = Field(default=100, ge=1)
+    imp_round_epochs: int = Field(default=2, ge=0)  # retraining epochs after each 20 % IMP round
 
     @field_validator("sparsities")
     @classmethod

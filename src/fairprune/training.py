@@ -93,11 +93,16 @@ def _train_epoch(model, images, targets, opt: OptimParams, optimizer, device, ge
 
 def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *, seed: int,
         checkpoint: Path | None = None, resume_key: str = "", log: LogFn | None = None,
-        desc: str = "train", extra_state: dict | None = None) -> list[dict]:
+        desc: str = "train", extra_state: dict | None = None,
+        before_epoch: Callable[[int], None] | None = None,
+        after_epoch: Callable[[int], None] | None = None) -> list[dict]:
     """Train `model` for opt.epochs on the train split, validating per group after each epoch.
 
     Returns the per-epoch history. With a checkpoint path, state is saved after every epoch
     and a matching checkpoint (same resume_key) is resumed from its next epoch.
+    `before_epoch(i)` runs before epoch i (0-based; gradual pruning updates masks there) and
+    `after_epoch(n)` after n epochs, before the checkpoint (so what it stores in
+    `extra_state` is checkpointed).
     """
     model.to(device)
     optimizer, scheduler = make_optimizer(model, opt)
@@ -114,6 +119,8 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
         start, history = state["epoch"], state["history"]
         tqdm.write(f"{desc}: resuming from the checkpoint after epoch {start}")
     for epoch in tqdm(range(start, opt.epochs), desc=desc, initial=start, total=opt.epochs, unit="epoch"):
+        if before_epoch:
+            before_epoch(epoch)
         train_loss, train_acc = _train_epoch(model, images, targets, opt, optimizer, device, generator, epoch, desc)
         scheduler.step()
         val = evaluate_split(model, data, "val", 1024, device).stats()
@@ -124,6 +131,8 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
         history.append(record)
         if log:
             log(record, epoch + 1)
+        if after_epoch:
+            after_epoch(epoch + 1)
         if checkpoint is not None:
             _write_checkpoint(checkpoint, {
                 "fingerprint": resume_key, "epoch": epoch + 1, "history": history,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -19,6 +20,11 @@ class PruneContext:
     seed: int = 0
     exclude_output_layer: bool = True
     options: dict = field(default_factory=dict)
+    # For methods that train while pruning (IMP): retrain(model, epochs, description),
+    # the early iterate to rewind to, and a metrics logger log(metrics, step).
+    retrain: Callable[[nn.Module, int, str], object] | None = None
+    rewind_state: dict | None = None
+    log: Callable[[dict, int], None] | None = None
 
     def batches(self):
         """The first `score_batches` shuffled training batches (seeded), as float inputs on the device."""
@@ -41,6 +47,9 @@ class PruningMethod:
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> nn.Module:
         raise NotImplementedError
+
+    def before_finetune_epoch(self, model: nn.Module, epoch: int, total_epochs: int) -> None:
+        """Called before each fine-tuning epoch; gradual methods update their masks here."""
 
 
 def register(cls: type[PruningMethod]) -> type[PruningMethod]:
@@ -69,6 +78,14 @@ def prunable_weights(model: nn.Module, exclude_output_layer: bool = True) -> lis
     return [(m, "weight") for m in layers]
 
 
+def effective_weight(module: nn.Module, name: str) -> torch.Tensor:
+    """weight_orig * mask when pruning hooks are attached; `module.weight` there is only refreshed
+    by the next forward pass, so it is stale right after an optimizer step or a mask update."""
+    if hasattr(module, f"{name}_orig"):
+        return getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")
+    return getattr(module, name)
+
+
 def make_permanent(model: nn.Module) -> nn.Module:
     """Fold every torch.nn.utils.prune mask into its weight (zeros stay zeros)."""
     for module in model.modules():
@@ -81,7 +98,7 @@ def make_permanent(model: nn.Module) -> nn.Module:
 def measure_sparsity(model: nn.Module, exclude_output_layer: bool = True) -> dict[str, float | int]:
     """Parameter counts and the fraction of zero weights in the prunable layers."""
     prunable = prunable_weights(model, exclude_output_layer)
-    zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in prunable)
+    zeros = sum(int((effective_weight(m, n) == 0).sum()) for m, n in prunable)
     total = sum(getattr(m, n).numel() for m, n in prunable)
     params = list(model.parameters())
     return {

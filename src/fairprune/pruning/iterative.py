@@ -1,0 +1,86 @@
+"""Methods that prune while training: Lottery-Ticket IMP and gradual magnitude pruning (GMP)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from fairprune.errors import DataError
+from fairprune.pruning.base import (PruneContext, PruningMethod, effective_weight, make_permanent,
+                                   prunable_weights, register)
+
+
+def global_magnitude_masks(targets, sparsity: float) -> list[torch.Tensor]:
+    """Masks keeping the round((1 - sparsity) * total) largest |effective weight| across layers."""
+    weights = [effective_weight(m, n).detach() for m, n in targets]
+    flat = torch.cat([w.abs().flatten() for w in weights])
+    keep = int(round((1 - sparsity) * len(flat)))
+    mask = torch.zeros_like(flat)
+    mask[torch.topk(flat, keep).indices] = 1
+    return [part.view_as(w) for part, w in zip(mask.split([w.numel() for w in weights]), weights)]
+
+
+@register
+class IterativeMagnitude(PruningMethod):
+    """Lottery-Ticket IMP (Frankle & Carbin): prune 20 % of the remaining weights (global magnitude),
+    rewind the survivors to the early iterate theta_k (`train.rewind_epoch`) and retrain for
+    `prune.imp_round_epochs`; n rounds give sparsity 1 - 0.8^n. The last round stops at the target
+    sparsity and its retraining is the stage's fine-tuning."""
+
+    name = "imp"
+    RATE = 0.2
+
+    @staticmethod
+    def rounds_for(sparsity: float) -> int:
+        return max(1, math.ceil(math.log(1 - sparsity) / math.log(1 - IterativeMagnitude.RATE) - 1e-9))
+
+    def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> nn.Module:
+        if sparsity <= 0:
+            return model
+        if ctx.rewind_state is None:
+            raise DataError("the dense checkpoint holds no rewind state for IMP; keep train.rewind_epoch "
+                            "<= train.epochs and rerun the train stage")
+        rounds = self.rounds_for(sparsity)
+        for r in range(1, rounds + 1):
+            density = max(1 - sparsity, (1 - self.RATE) ** r)
+            targets = prunable_weights(model, ctx.exclude_output_layer)
+            masks = global_magnitude_masks(targets, 1 - density)
+            make_permanent(model)
+            model.load_state_dict(ctx.rewind_state)
+            for (module, name), mask in zip(prunable_weights(model, ctx.exclude_output_layer), masks):
+                torch_prune.custom_from_mask(module, name, mask.to(getattr(module, name).device))
+            if ctx.log:
+                ctx.log({"imp/round": r, "imp/sparsity": 1 - density}, r)
+            if r < rounds and ctx.retrain is not None:
+                ctx.retrain(model, ctx.options.get("imp_round_epochs", 2), f"imp round {r}/{rounds}")
+        return model
+
+
+@register
+class GradualMagnitude(PruningMethod):
+    """GMP (Zhu & Gupta 2017): during fine-tuning, global magnitude masks grow on the cubic schedule
+    s_t = s_f (1 - (1 - t/T)^3), t counting epochs; the last epoch trains at the target sparsity."""
+
+    name = "gmp"
+
+    def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> nn.Module:
+        self.final, self.exclude_output_layer = sparsity, ctx.exclude_output_layer
+        for module, name in prunable_weights(model, ctx.exclude_output_layer):
+            torch_prune.identity(module, name)
+        if not ctx.options.get("finetune_epochs"):
+            self._set_masks(model, sparsity)
+        return model
+
+    def schedule(self, epoch: int, total_epochs: int) -> float:
+        return self.final * (1 - (1 - (epoch + 1) / total_epochs) ** 3)
+
+    def before_finetune_epoch(self, model: nn.Module, epoch: int, total_epochs: int) -> None:
+        self._set_masks(model, self.schedule(epoch, total_epochs))
+
+    def _set_masks(self, model: nn.Module, sparsity: float) -> None:
+        targets = prunable_weights(model, self.exclude_output_layer)
+        with torch.no_grad():
+            for (module, name), mask in zip(targets, global_magnitude_masks(targets, sparsity)):
+                getattr(module, f"{name}_mask").copy_(mask)
