@@ -10,6 +10,9 @@ from fairprune.pruning import measure_sparsity
 from fairprune.stage import run
 
 
+COST_KEYS = ("macs", "mac_reduction", "latency_ms", "speedup")
+
+
 def metrics_record(run_name, method, sparsity, seed, split, model, preds, dense_stats, exclude_output_layer,
                    prune_record=None):
     stats = preds.stats()
@@ -29,6 +32,7 @@ def metrics_record(run_name, method, sparsity, seed, split, model, preds, dense_
         "sparsity_actual": size["sparsity_actual"], "params_total": size["params_total"],
         "params_nonzero": size["params_nonzero"], "accuracy": stats.overall_accuracy, "loss": stats.overall_loss,
         "groups": groups, "fairness": fairness_gaps(stats, dense_stats),
+        "cost": {key: (prune_record or {}).get(key) for key in COST_KEYS},
     }
 
 

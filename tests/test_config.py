@@ -74,3 +74,11 @@ def test_apply_merges_override(tmp_path):
     before = base.read_text()
     assert config.main(["apply", str(override), "--into", str(base)]) == 2
     assert base.read_text() == before
+
+
+def test_lottery_series_written_into_params(tmp_path):
+    target = tmp_path / "params.yaml"
+    target.write_text("prune:\n  sparsities: [0.5]  # kept comment\n")
+    assert config.main(["lottery-series", "3", "--into", str(target)]) == 0
+    assert config.load(target).prune.sparsities == [0.2, 0.36, 0.488]
+    assert "kept comment" in target.read_text()

@@ -261,12 +261,28 @@ def _merge_into(base, override: dict) -> None:
             base[key] = value
 
 
+def lottery_series(rounds: int) -> list[float]:
+    """Sparsities 1 - 0.8^n, n = 1..rounds (the Lottery-Ticket series), to 4 decimals."""
+    return [round(1 - 0.8 ** n, 4) for n in range(1, rounds + 1)]
+
+
+def _write_round_trip(target: Path, data) -> None:
+    tmp = target.with_suffix(".yaml.tmp")
+    with open(tmp, "w") as handle:
+        _round_trip_yaml().dump(data, handle)
+    tmp.replace(target)
+
+
 def apply_override(target: Path, override: Path):
     """params.yaml with a named configuration merged in (comments kept), validated."""
     if not override.exists():
         raise ParamsError("(file)", str(override), "an existing configuration file, e.g. one in configs/")
+    return apply_values(target, yaml.safe_load(override.read_text()) or {})
+
+
+def apply_values(target: Path, values: dict):
     base = _round_trip_yaml().load(target.read_text()) if target.exists() else {}
-    _merge_into(base, yaml.safe_load(override.read_text()) or {})
+    _merge_into(base, values)
     text = io.StringIO()
     _round_trip_yaml().dump(base, text)
     validate(yaml.safe_load(text.getvalue()))
@@ -282,18 +298,27 @@ def main(argv: list[str] | None = None) -> int:
     apply = sub.add_parser("apply", help="merge a named configuration into params.yaml (validated first)")
     apply.add_argument("override")
     apply.add_argument("--into", default="params.yaml")
+    series = sub.add_parser("lottery-series", help="set prune.sparsities to 1 - 0.8^n for n = 1..N")
+    series.add_argument("rounds", type=int)
+    series.add_argument("--into", default="params.yaml")
     args = parser.parse_args(argv)
     try:
+        if args.command == "lottery-series":
+            if args.rounds < 1:
+                raise ParamsError("rounds", args.rounds, "a positive number of 20 % rounds")
+            values = lottery_series(args.rounds)
+            target = Path(args.into)
+            merged = apply_values(target, {"prune": {"sparsities": values}})
+            _write_round_trip(target, merged)
+            print(f"prune.sparsities = {values}")
+            return 0
         if args.command == "check":
             load(args.file)
             print(f"{args.file}: ok")
             return 0
         target = Path(args.into)
         merged = apply_override(target, Path(args.override))
-        tmp = target.with_suffix(".yaml.tmp")
-        with open(tmp, "w") as handle:
-            _round_trip_yaml().dump(merged, handle)
-        tmp.replace(target)
+        _write_round_trip(target, merged)
         print(f"applied {args.override} to {target}")
         return 0
     except (ParamsError, OSError) as exc:

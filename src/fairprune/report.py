@@ -19,6 +19,7 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
     for r in records:
         row = {k: r[k] for k in SCALARS}
         row.update(r["fairness"])
+        row.update({k: v for k, v in r.get("cost", {}).items() if v is not None})
         row.update({f"acc/{g}": v["accuracy"] for g, v in r["groups"].items()})
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -67,6 +68,19 @@ def figures(table: pd.DataFrame, group_names: list[str], out_dir: Path) -> list[
     axes[0][0].legend(fontsize=8)
     paths.append(_save(fig, out_dir / "fairness_gaps_vs_sparsity.png"))
 
+    costs = [c for c in ("mac_reduction", "speedup") if c in table]
+    if costs:
+        fig, axes = plt.subplots(1, len(costs), figsize=(5 * len(costs), 4), squeeze=False)
+        for ax, cost in zip(axes[0], costs):
+            curve = _by_sparsity(table.assign(**{cost: table[cost].fillna(1.0)}), cost)
+            for method in methods:
+                _line(ax, curve[curve.method == method], method)
+            ax.set(title=f"{cost} vs dense" + (" (CPU, structured only)" if cost == "speedup" else ""),
+                   xlabel="sparsity")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        paths.append(_save(fig, out_dir / "size_speed_vs_sparsity.png"))
+
     fig, ax = plt.subplots(figsize=(5, 4))
     curve = _by_sparsity(table, "accuracy")
     for method in methods:
@@ -96,7 +110,8 @@ def _markdown(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
 
 
 def markdown_page(table: pd.DataFrame, figure_paths: list[Path], timings: pd.DataFrame, data_info: dict) -> str:
-    columns = ["accuracy", *[g for g in GAPS if g in table], "sparsity_actual"]
+    columns = ["accuracy", *[g for g in GAPS if g in table], "sparsity_actual",
+               *[c for c in ("mac_reduction", "speedup") if c in table]]
     grouped = table.groupby(["method", "sparsity"], sort=False)
     aggregate = grouped[columns].mean()
     spread = grouped[["accuracy", "accuracy_gap"]].std().fillna(0.0).add_suffix("_std")
