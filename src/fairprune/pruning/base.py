@@ -86,6 +86,14 @@ def effective_weight(module: nn.Module, name: str) -> torch.Tensor:
     return getattr(module, name)
 
 
+def keep_top_masks(scores: list[torch.Tensor], keep: int) -> list[torch.Tensor]:
+    """Global 0/1 masks (shaped like `scores`) keeping the `keep` highest scores across all tensors."""
+    flat = torch.cat([s.flatten() for s in scores])
+    mask = torch.zeros_like(flat)
+    mask[torch.topk(flat, keep).indices] = 1
+    return [part.view_as(s) for part, s in zip(mask.split([s.numel() for s in scores]), scores)]
+
+
 def make_permanent(model: nn.Module) -> nn.Module:
     """Fold every torch.nn.utils.prune mask into its weight (zeros stay zeros)."""
     for module in model.modules():

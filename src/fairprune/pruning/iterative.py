@@ -8,18 +8,14 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from fairprune.errors import DataError
-from fairprune.pruning.base import (PruneContext, PruningMethod, effective_weight, make_permanent,
-                                   prunable_weights, register)
+from fairprune.pruning.base import (PruneContext, PruningMethod, effective_weight, keep_top_masks,
+                                   make_permanent, prunable_weights, register)
 
 
 def global_magnitude_masks(targets, sparsity: float) -> list[torch.Tensor]:
     """Masks keeping the round((1 - sparsity) * total) largest |effective weight| across layers."""
-    weights = [effective_weight(m, n).detach() for m, n in targets]
-    flat = torch.cat([w.abs().flatten() for w in weights])
-    keep = int(round((1 - sparsity) * len(flat)))
-    mask = torch.zeros_like(flat)
-    mask[torch.topk(flat, keep).indices] = 1
-    return [part.view_as(w) for part, w in zip(mask.split([w.numel() for w in weights]), weights)]
+    magnitudes = [effective_weight(m, n).detach().abs() for m, n in targets]
+    return keep_top_masks(magnitudes, int(round((1 - sparsity) * sum(w.numel() for w in magnitudes))))
 
 
 @register

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from fairprune.errors import ParamsError
-from fairprune.pruning.base import PruneContext, PruningMethod, prunable_weights, register
+from fairprune.pruning.base import PruneContext, PruningMethod, keep_top_masks, prunable_weights, register
 
 Targets = list[tuple[nn.Module, str]]
 
@@ -85,8 +85,8 @@ class RandomPruning(ScoredPruning):
         return [torch.rand(getattr(m, n).shape, generator=generator) for m, n in targets]
 
 
-def _loss_gradients(model: nn.Module, targets: Targets, ctx: PruneContext, temperature: float = 1.0,
-                    create_graph: bool = False) -> list[torch.Tensor]:
+def _loss_gradients(model: nn.Module, targets: Targets, ctx: PruneContext,
+                    temperature: float = 1.0) -> list[torch.Tensor]:
     """Gradients of the mean cross-entropy over the scoring batches w.r.t. the target weights."""
     weights = [getattr(m, n) for m, n in targets]
     total = [torch.zeros_like(w) for w in weights]
@@ -167,12 +167,9 @@ class SynFlow(ScoredPruning):
             grads = torch.autograd.grad(probe(x).sum(), weights)
             scores = [(g * w).detach().abs() for g, w in zip(grads, weights)]
             keep = max(1, int(round(total * (1 - sparsity) ** (r / rounds))))
-            flat = torch.cat([torch.where(m > 0, s, torch.full_like(s, -1.0)).flatten()
-                              for s, m in zip(scores, masks)])
-            threshold_idx = torch.topk(flat, keep).indices
-            new_flat = torch.zeros_like(flat)
-            new_flat[threshold_idx] = 1
-            masks = [part.view_as(m) for part, m in zip(new_flat.split([m.numel() for m in masks]), masks)]
+            # Weights pruned in an earlier round rank below every survivor, so masks only shrink.
+            masks = keep_top_masks([torch.where(m > 0, s, torch.full_like(s, -1.0)) for s, m in zip(scores, masks)],
+                                   keep)
         # Survivors rank by their last score, pruned weights below every survivor.
         return [torch.where(m > 0, s + 1.0, torch.zeros_like(s)).float() for s, m in zip(scores, masks)]
 
