@@ -40,12 +40,7 @@ def main(params, args, timer):
     device = resolve(params.base.device)
     data = load_prepared(artifacts.PREPARED)
     split, several = params.evaluate.split, len(params.base.seeds) > 1
-    jobs = []
-    for seed in params.base.seeds:
-        jobs.append((None, 0.0, seed, artifacts.dense_model(seed)))
-        for method in params.prune.methods:
-            for sparsity in params.prune.sparsities:
-                jobs.append((method, sparsity, seed, artifacts.pruned_model(method, sparsity, seed)))
+    jobs = artifacts.model_jobs(params)
     missing = [str(path) for *_, path in jobs if not path.exists()]
     if missing:
         raise DataError(f"models missing: {missing[:3]}...; run `dvc repro` so the train and prune stages run first")
@@ -57,9 +52,9 @@ def main(params, args, timer):
             name = artifacts.run_name(method, sparsity, seed, several)
             model, extra = models.load(path)
             preds = evaluate_split(model, data, split, params.evaluate.batch_size, device)
-            if method is None:
+            if method == "dense":
                 dense_stats[seed] = preds.stats()
-            record = metrics_record(name, method or "dense", sparsity, seed, split, model, preds,
+            record = metrics_record(name, method, sparsity, seed, split, model, preds,
                                     dense_stats[seed], params.prune.exclude_output_layer, extra.get("record"))
             artifacts.PREDICTIONS_DIR.mkdir(parents=True, exist_ok=True)
             preds.save(artifacts.PREDICTIONS_DIR / f"{name}.npz")

@@ -1,5 +1,9 @@
 """Stage `prune@<method>-<sparsity>-<seed>`: prune the dense model, fine-tune with the mask fixed,
-make the mask permanent and record the sparsity actually reached."""
+make the mask permanent and record the sparsity actually reached.
+
+`<method>+<arm>` runs one of Tran et al.'s mitigation arms: fair_bf prunes the mitigated dense
+model and fine-tunes plainly, fair_aft prunes the plain one and fine-tunes under the constraints,
+fair_both does both."""
 import argparse
 
 from fairprune import artifacts, models, tracking, training
@@ -15,21 +19,27 @@ from fairprune.stage import run
 def main(params, args, timer):
     if not 0.0 <= args.sparsity < 1.0:
         raise ParamsError("prune.sparsities", args.sparsity, "a fraction in [0, 1)")
-    method = get_method(args.method)
+    name, _, arm = args.method.partition("+")
+    method = get_method(name)
     method.check(args.sparsity)
     device = resolve(params.base.device)
     data = load_prepared(artifacts.PREPARED)
     seed_everything(args.seed)
-    model, dense_extra = models.load(artifacts.dense_model(args.seed))
+    start = artifacts.dense_model(args.seed, params.mitigation.variant if arm in ("fair_bf", "fair_both") else "plain")
+    mitigation = params.mitigation if arm in ("fair_aft", "fair_both") else None
+    model, dense_extra = models.load(start)
     dense_params, dense_macs = count_params(model), macs_per_image(model, data.input_shape)
     key_name = artifacts.pruned_key(args.method, args.sparsity, args.seed)
-    key = training.fingerprint("prune", key_name, params.finetune.model_dump(), params.prune.model_dump())
+    key = training.fingerprint("prune", key_name, params.finetune.model_dump(), params.prune.model_dump(),
+                               params.mitigation.model_dump() if arm else None)
     checkpoint = artifacts.CHECKPOINT_DIR / f"prune-{key_name}.ckpt"
     previous = training.read_checkpoint(checkpoint, key)
     dvc_stage = f"prune@{args.method}-{artifacts.sparsity_label(args.sparsity)}-{args.seed}"
     with tracking.stage_run(params.base, "prune", dvc_stage,
-                            {"prune": params.prune.model_dump(), "finetune": params.finetune.model_dump()},
+                            {"prune": params.prune.model_dump(), "finetune": params.finetune.model_dump(),
+                             **({"mitigation": params.mitigation.model_dump()} if arm else {})},
                             run_id=previous and previous.get("mlflow_run_id"), method=args.method,
+                            arm=arm or "no_mitigation",
                             sparsity=args.sparsity, seed=args.seed) as mlrun:
         def retrain(net, epochs, desc):
             opt = params.finetune.model_copy(update={"epochs": epochs})
@@ -46,17 +56,18 @@ def main(params, args, timer):
         history = training.fit(model, data, params.finetune, device, seed=args.seed, checkpoint=checkpoint,
                                resume_key=key, log=tracking.log_metrics, desc=f"finetune {key_name}",
                                extra_state={"mlflow_run_id": mlrun.info.run_id},
-                               before_epoch=lambda e: method.before_finetune_epoch(model, e, params.finetune.epochs))
+                               before_epoch=lambda e: method.before_finetune_epoch(model, e, params.finetune.epochs),
+                               mitigation=mitigation)
         make_permanent(model)
         macs = macs_per_image(model, data.input_shape)
-        record = {"method": args.method, "sparsity": args.sparsity, "seed": args.seed,
+        record = {"method": args.method, "arm": arm or "no_mitigation", "sparsity": args.sparsity, "seed": args.seed,
                   "structured": method.structured,
                   **size_of(model, method, dense_params, params.prune.exclude_output_layer),
                   "sparsity_after_pruning": at_pruning["sparsity_actual"], "params_dense": dense_params,
                   "macs": macs, "macs_dense": dense_macs, "mac_reduction": dense_macs / macs, "prune_s": pruned_s,
                   "final": history[-1] if history else {}}
         if method.structured:
-            dense, _ = models.load(artifacts.dense_model(args.seed))
+            dense, _ = models.load(start)
             record["latency_ms"] = latency_ms(model, data.input_shape)
             record["latency_dense_ms"] = latency_ms(dense, data.input_shape)
             record["speedup"] = record["latency_dense_ms"] / record["latency_ms"]

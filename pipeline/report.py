@@ -3,28 +3,29 @@
 import pandas as pd
 
 from fairprune import artifacts, tracking
+from fairprune import report_diagnostics
 from fairprune.report import figures, markdown_page, summary_table
 from fairprune.stage import run
 
 
 def stage_timings(params) -> pd.DataFrame:
     rows = [("prepare", artifacts.read_json(artifacts.PREPARE_METRICS)["wall_s"])]
-    rows += [(f"train@{s}", artifacts.read_json(artifacts.train_metrics(s))["wall_s"]) for s in params.base.seeds]
+    rows += [(f"train@{s}-{v}", artifacts.read_json(artifacts.train_metrics(s, v))["wall_s"])
+             for s in params.base.seeds for v in params.train.variants]
     for s in params.base.seeds:
         for m in params.prune.methods:
             for p in params.prune.sparsities:
                 record = artifacts.read_json(artifacts.prune_metrics(m, p, s))
                 rows.append((f"prune@{m}-{artifacts.sparsity_label(p)}-{s}", record["wall_s"]))
     rows.append(("evaluate", artifacts.read_json(artifacts.EVALUATE_METRICS)["wall_s"]))
+    rows.append(("diagnose", artifacts.read_json(artifacts.DIAGNOSE_METRICS)["wall_s"]))
     frame = pd.DataFrame(rows, columns=["stage", "wall_s"])
     return pd.concat([frame, pd.DataFrame([("total", frame.wall_s.sum())], columns=frame.columns)])
 
 
 def main(params, args, timer):
     several = len(params.base.seeds) > 1
-    names = [artifacts.run_name(None, 0.0, s, several) for s in params.base.seeds]
-    names += [artifacts.run_name(m, p, s, several) for s in params.base.seeds
-              for m in params.prune.methods for p in params.prune.sparsities]
+    names = [artifacts.run_name(label, p, s, several) for label, p, s, _ in artifacts.model_jobs(params)]
     records = [artifacts.read_json(artifacts.EVAL_DIR / f"{n}.json") for n in names]
     table = summary_table(records)
     out = artifacts.REPORT_DIR
@@ -34,9 +35,17 @@ def main(params, args, timer):
                                                for row in table.to_dict(orient="records")})
     group_names = list(records[0]["groups"])
     figure_paths = figures(table, group_names, out / "figures")
+    diagnostics = [artifacts.read_json(artifacts.DIAGNOSE_DIR / f"{n}.json") for n in names]
+    diagnose_summary = artifacts.read_json(artifacts.DIAGNOSE_METRICS)
+    diagnostic_figures = report_diagnostics.figures(diagnostics, params.prune.methods[0], out / "figures")
     timings = stage_timings(params)
     data_info = artifacts.read_json(artifacts.PREPARE_METRICS)["info"]
-    (out / "README.md").write_text(markdown_page(table, figure_paths, timings, data_info))
+    why = ["## Why: Tran et al.'s diagnostics (split `%s`)" % params.diagnose.split,
+           "Spearman's rho over (model, group) points, ranked within each seed; Theorem 1: share of "
+           "(pruned model, group) pairs whose measured excessive loss is within the bound.",
+           report_diagnostics.claims_markdown(diagnose_summary),
+           *[f"![{p.stem}](figures/{p.name})" for p in diagnostic_figures]]
+    (out / "README.md").write_text(markdown_page(table, figure_paths, timings, data_info, why))
     with tracking.stage_run(params.base, "report", "report", {"seeds": params.base.seeds,
                                                               "methods": params.prune.methods,
                                                               "sparsities": params.prune.sparsities}):
@@ -44,7 +53,7 @@ def main(params, args, timer):
         mlflow.log_table(table, "summary_table.json")
         mlflow.log_artifact(str(out / "summary.csv"))
         mlflow.log_artifact(str(out / "README.md"))
-        for path in figure_paths:
+        for path in figure_paths + diagnostic_figures:
             mlflow.log_artifact(str(path), "figures")
     print(timings.to_string(index=False))
     print(f"report written to {out}/README.md ({len(table)} models) in {timer.seconds:.1f}s")

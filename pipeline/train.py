@@ -1,7 +1,11 @@
-"""Stage `train@<seed>`: train the dense model on the train split, with per-epoch checkpoints."""
+"""Stage `train@<seed>-<variant>`: train a dense model on the train split, with per-epoch checkpoints.
+
+Variant `plain` is ERM; `relaxed` and `full` train the dense model under Tran et al.'s
+constraints (the starting point of the Fair-bf and Fair-both arms)."""
 import argparse
 
 from fairprune import artifacts, models, tracking, training
+from fairprune.config import DENSE_VARIANTS
 from fairprune.data import load_prepared
 from fairprune.device import resolve, seed_everything
 from fairprune.stage import run
@@ -12,9 +16,11 @@ def main(params, args, timer):
     data = load_prepared(artifacts.PREPARED)
     seed_everything(args.seed)
     model = models.build(params.model.arch, data)
-    key = training.fingerprint("train", params.model.model_dump(), params.train.model_dump(), args.seed,
+    mitigation = None if args.variant == "plain" else params.mitigation.model_copy(update={"variant": args.variant})
+    key = training.fingerprint("train", params.model.model_dump(), params.train.model_dump(exclude={"variants"}),
+                               args.seed, args.variant, mitigation and mitigation.model_dump(),
                                data.stats()["n_per_split"])
-    checkpoint = artifacts.CHECKPOINT_DIR / f"train-s{args.seed}.ckpt"
+    checkpoint = artifacts.CHECKPOINT_DIR / f"train-{args.variant}-s{args.seed}.ckpt"
     previous = training.read_checkpoint(checkpoint, key)
     rewind = {"rewind_state": previous.get("rewind_state") if previous else None}
 
@@ -24,26 +30,29 @@ def main(params, args, timer):
 
     if rewind["rewind_state"] is None:
         keep_rewind_point(0)
-    dvc_stage = f"train@{args.seed}"
-    with tracking.stage_run(params.base, "train", dvc_stage,
-                            {"model": params.model.model_dump(), "train": params.train.model_dump()},
+    dvc_stage = f"train@{args.seed}-{args.variant}"
+    logged = {"model": params.model.model_dump(), "train": params.train.model_dump()}
+    if mitigation:
+        logged["mitigation"] = mitigation.model_dump()
+    with tracking.stage_run(params.base, "train", dvc_stage, logged,
                             run_id=previous and previous.get("mlflow_run_id"), seed=args.seed,
-                            method="dense", sparsity=0.0) as mlrun:
+                            method=artifacts.dense_label(args.variant), sparsity=0.0) as mlrun:
         rewind["mlflow_run_id"] = mlrun.info.run_id
         history = training.fit(model, data, params.train, device, seed=args.seed, checkpoint=checkpoint,
-                               resume_key=key, log=tracking.log_metrics, desc=f"dense s{args.seed}",
-                               extra_state=rewind,
-                               after_epoch=keep_rewind_point)
-        models.save(model, artifacts.dense_model(args.seed), seed=args.seed, history=history,
+                               resume_key=key, log=tracking.log_metrics, desc=f"dense {args.variant} s{args.seed}",
+                               extra_state=rewind, after_epoch=keep_rewind_point, mitigation=mitigation)
+        models.save(model, artifacts.dense_model(args.seed, args.variant), seed=args.seed, history=history,
                     rewind_epoch=params.train.rewind_epoch, rewind_state=rewind["rewind_state"])
         tracking.log_model(model)
         final = history[-1] if history else {}
-        artifacts.write_json(artifacts.train_metrics(args.seed), {**final, "seed": args.seed,
-                                                                  "device": device.type, "wall_s": timer.seconds})
+        artifacts.write_json(artifacts.train_metrics(args.seed, args.variant),
+                             {**final, "seed": args.seed, "variant": args.variant, "device": device.type,
+                              "wall_s": timer.seconds})
     checkpoint.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--variant", choices=DENSE_VARIANTS, default="plain")
     run(main, parser)

@@ -13,10 +13,12 @@ import yaml
 TINY = {
     "base": {"seeds": [0, 1], "threads": 1},
     "data": {"imbalance": {"groups": ["8"], "fraction": 0.3}},
-    "train": {"epochs": 3},
-    "prune": {"methods": ["magnitude"], "sparsities": [0.5, 0.9]},
+    "train": {"epochs": 3, "variants": ["plain", "relaxed"]},
+    "prune": {"methods": ["magnitude", "magnitude+fair_both"], "sparsities": [0.5, 0.9]},
     "finetune": {"epochs": 1},
+    "diagnose": {"per_group": 32, "iterations": 3},
 }
+METHODS = ("magnitude", "magnitude+fair_both")
 COPY = ["pipeline", "src", "dvc.yaml", ".dvcignore", ".gitignore"]
 
 
@@ -50,16 +52,31 @@ def project(tmp_path_factory):
 
 def test_outputs_exist_for_every_model(project):
     work, _ = project
-    runs = [f"{name}-s{seed}" for seed in (0, 1) for name in ("dense", "magnitude-0.5", "magnitude-0.9")]
+    names = ("dense", "dense+relaxed", *[f"{m}-{s}" for m in METHODS for s in ("0.5", "0.9")])
+    runs = [f"{name}-s{seed}" for seed in (0, 1) for name in names]
     for run in runs:
         assert (work / "predictions" / f"{run}.npz").is_file()
         assert (work / "metrics" / "eval" / f"{run}.json").is_file()
+        assert (work / "metrics" / "diagnose" / f"{run}.json").is_file()
     for name in ("summary.csv", "summary.json", "README.md", "figures/group_accuracy_vs_sparsity.png",
-                 "figures/fairness_gaps_vs_sparsity.png", "figures/accuracy_vs_sparsity.png"):
+                 "figures/fairness_gaps_vs_sparsity.png", "figures/accuracy_vs_sparsity.png",
+                 "figures/diagnostics_correlations.png", "figures/diagnostics_vs_sparsity.png",
+                 "figures/diagnostics_bound.png"):
         assert (work / "reports" / name).is_file()
     summary = json.loads((work / "reports" / "summary.json").read_text())
     assert set(summary) == set(runs) and "acc/8" in summary["dense-s0"]
-    assert "wall time" in (work / "reports" / "README.md").read_text()
+    page = (work / "reports" / "README.md").read_text()
+    assert "wall time" in page and "Proposition 1" in page
+
+
+def test_diagnostics_cover_every_group_and_bound_pruned_models(project):
+    work, _ = project
+    claims = json.loads((work / "metrics" / "diagnose.json").read_text())["claims"]
+    assert claims["proposition1_size_vs_grad_norm"]["points"] == 20
+    record = json.loads((work / "metrics" / "diagnose" / "magnitude+fair_both-0.9-s1.json").read_text())
+    assert len(record["groups"]) == 10 and record["parameter_distance"] > 0
+    for group in record["groups"]:
+        assert group["grad_norm"] > 0 and group["bound"] > 0 and group["bound_holds"] in (True, False)
 
 
 def test_eval_metrics_match_predictions(project):
@@ -92,30 +109,37 @@ def test_nothing_to_do_after_repro_and_param_change_reruns_only_affected(project
         changed = set(json.loads(sh(["dvc", "status", "--json"], work, env)))
     finally:
         (work / "params.yaml").write_text(original)
-    assert changed == {f"prune@magnitude-{s}-{seed}" for s in ("0.5", "0.9") for seed in (0, 1)}
+    assert changed == {f"prune@{m}-{s}-{seed}" for m in METHODS for s in ("0.5", "0.9") for seed in (0, 1)}
 
 
 def test_mlflow_has_a_run_per_stage_with_group_metrics_and_reloadable_models(project):
     work, env = project
     import mlflow
     import torch
+    from mlflow import MlflowClient
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    client = mlflow.MlflowClient(uri)
+    client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("fairprune")
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     by_stage = {}
     for run in runs:
         if "mlflow.parentRunId" not in run.data.tags:
             by_stage.setdefault(run.data.tags["stage"], []).append(run)
-    assert {k: len(v) for k, v in by_stage.items()} == {"prepare": 1, "train": 2, "prune": 4, "evaluate": 1,
-                                                        "report": 1}
+    assert {k: len(v) for k, v in by_stage.items()} == {"prepare": 1, "train": 4, "prune": 8, "evaluate": 1,
+                                                        "diagnose": 1, "report": 1}
     for run in by_stage["prune"]:
         tags = run.data.tags
-        assert tags["method"] == "magnitude" and tags["dvc_stage"].startswith("prune@magnitude-")
-        assert {"seed", "sparsity", "git_commit"} <= set(tags)
+        assert tags["method"] in METHODS and tags["dvc_stage"].startswith(f"prune@{tags['method']}-")
+        assert {"seed", "sparsity", "git_commit", "arm"} <= set(tags)
+    fair = [r for r in by_stage["prune"] if r.data.tags["arm"] == "fair_both"]
+    history = MlflowClient(uri).get_metric_history(fair[0].info.run_id, "multiplier/loss/8")
+    assert history and all(np.isfinite(m.value) for m in history)
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(nested) == 6 and all("acc/8" in r.data.metrics for r in nested)
+    evaluated = [r for r in nested if r.data.tags["stage"] == "evaluate"]
+    assert len(evaluated) == 12 and all("acc/8" in r.data.metrics for r in evaluated)
+    diagnosed = [r for r in nested if r.data.tags["stage"] == "diagnose"]
+    assert len(diagnosed) == 12 and all("grad_norm/8" in r.data.metrics for r in diagnosed)
     train = by_stage["train"][0]
     assert "val_acc/8" in train.data.metrics and "train.lr" in train.data.params
     mlflow.set_tracking_uri(uri)

@@ -25,12 +25,26 @@ def sparsity_label(sparsity: float) -> str:
     return str(float(sparsity))
 
 
-def dense_model(seed: int) -> Path:
-    return Path(f"models/dense-s{seed}.pt")
+DIAGNOSE_DIR = Path("metrics/diagnose")
+DIAGNOSE_METRICS = Path("metrics/diagnose.json")
 
 
-def train_metrics(seed: int) -> Path:
-    return Path(f"metrics/train/dense-s{seed}.json")
+def dense_dir(seed: int) -> Path:
+    """One folder per seed, so a prune stage depends on its own seed's dense models only."""
+    return Path(f"models/dense/s{seed}")
+
+
+def dense_model(seed: int, variant: str = "plain") -> Path:
+    return dense_dir(seed) / f"{variant}.pt"
+
+
+def train_metrics(seed: int, variant: str = "plain") -> Path:
+    return Path(f"metrics/train/{variant}-s{seed}.json")
+
+
+def dense_label(variant: str) -> str:
+    """'dense' for plain ERM, 'dense+relaxed' / 'dense+full' for the mitigated dense models."""
+    return "dense" if variant == "plain" else f"dense+{variant}"
 
 
 def pruned_key(method: str, sparsity: float, seed: int) -> str:
@@ -46,8 +60,21 @@ def prune_metrics(method: str, sparsity: float, seed: int) -> Path:
 
 
 def run_name(method: str | None, sparsity: float, seed: int, several_seeds: bool) -> str:
-    name = "dense" if method is None else f"{method}-{sparsity_label(sparsity)}"
+    """`method` is a pruning method (with its +arm), a dense label, or None for the plain dense model."""
+    if method is None or method.startswith("dense"):
+        name = method or "dense"
+    else:
+        name = f"{method}-{sparsity_label(sparsity)}"
     return f"{name}-s{seed}" if several_seeds else name
+
+
+def model_jobs(params) -> list[tuple[str, float, int, Path]]:
+    """(label, sparsity, seed, model path) of every model the pipeline trains, dense ones first per seed."""
+    jobs = []
+    for seed in params.base.seeds:
+        jobs += [(dense_label(v), 0.0, seed, dense_model(seed, v)) for v in params.train.variants]
+        jobs += [(m, p, seed, pruned_model(m, p, seed)) for m in params.prune.methods for p in params.prune.sparsities]
+    return jobs
 
 
 def _clean(value):

@@ -137,8 +137,45 @@ class OptimParams(_Section):
     hflip: bool = False
 
 
+DENSE_VARIANTS = ("plain", "relaxed", "full")
+# Tran et al.'s arms, appended to a pruning method as `<method>+<arm>`; the bare name is "No mitigation".
+ARMS = ("fair_bf", "fair_aft", "fair_both")
+
+
 class TrainParams(OptimParams):
     rewind_epoch: int = Field(default=1, ge=0)  # the early iterate Lottery-Ticket IMP rewinds to (0 = init)
+    # Dense models to train per seed: plain ERM, or constrained with the relaxed / full mitigation.
+    variants: list[Literal["plain", "relaxed", "full"]] = Field(default=["plain"], min_length=1)
+
+    @field_validator("variants")
+    @classmethod
+    def _plain_first(cls, values: list[str]) -> list[str]:
+        if values[0] != "plain" or len(set(values)) != len(values):
+            raise ValueError("variants must start with 'plain' (pruning starts from it) and not repeat")
+        return values
+
+
+class MitigationParams(_Section):
+    """Tran et al.'s constrained training (Eq. 8 relaxed, Eq. 7 full), solved with cooper."""
+
+    variant: Literal["relaxed", "full"] = "relaxed"
+    dual_lr: float = Field(default=1e-3, gt=0.0)  # the paper's Lagrangian step size
+    dual_optimizer: Literal["sgd", "adam"] = "sgd"
+    tolerance: float = Field(default=0.0, ge=0.0)  # 0: equality constraints; > 0: |violation| <= tolerance
+    grad_norm_every: int = Field(default=1, ge=1)  # full only: steps between gradient-norm constraints
+    hessian_every: int = Field(default=10, ge=1)  # full only: steps between Hessian-eigenvalue constraints
+    hessian_iterations: int = Field(default=3, ge=1)  # warm-started power steps per refresh
+    log_every: int = Field(default=10, ge=1)  # steps between MLflow records of multipliers and violations
+
+
+class DiagnoseParams(_Section):
+    """Tran et al.'s per-group diagnostics (gradient norm, Hessian top eigenvalue, boundary distance)."""
+
+    split: Literal["train", "val", "test"] = "train"
+    per_group: int = Field(default=256, ge=1)  # samples per group (seeded)
+    iterations: int = Field(default=20, ge=1)  # power iterations for the Hessian's top eigenvalue
+    batch_size: int = Field(default=256, ge=1)
+    seed: int = 0
 
 
 class FinetuneParams(OptimParams):
@@ -171,8 +208,14 @@ class PruneParams(_Section):
 
         known = available_methods()
         for i, value in enumerate(values):
-            if value not in known:
-                raise ParamsError(f"prune.methods.{i}", value, f"one of: {', '.join(known)}")
+            method, _, arm = value.partition("+")
+            if method not in known:
+                raise ParamsError(f"prune.methods.{i}", value, f"one of: {', '.join(known)}, optionally "
+                                  f"followed by +{' / +'.join(ARMS)}")
+            if arm and arm not in ARMS:
+                raise ParamsError(f"prune.methods.{i}", value, f"a mitigation arm after '+': one of {', '.join(ARMS)}")
+        if len(set(values)) != len(values):
+            raise ValueError("methods must not repeat")
         return values
 
 
@@ -188,7 +231,18 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     prune: PruneParams = PruneParams()
     finetune: FinetuneParams = FinetuneParams()
+    mitigation: MitigationParams = MitigationParams()
     evaluate: EvaluateParams = EvaluateParams()
+    diagnose: DiagnoseParams = DiagnoseParams()
+
+    @model_validator(mode="after")
+    def _fair_dense_is_trained(self) -> "Params":
+        needs = [m for m in self.prune.methods if m.endswith(("+fair_bf", "+fair_both"))]
+        if needs and self.mitigation.variant not in self.train.variants:
+            raise ParamsError("train.variants", self.train.variants,
+                              f"a list including '{self.mitigation.variant}' (mitigation.variant): "
+                              f"{needs[0]} prunes the mitigated dense model")
+        return self
 
 
 def _describe(error: dict[str, Any], section_fields: dict[str, list[str]]) -> ParamsError:

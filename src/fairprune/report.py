@@ -23,16 +23,21 @@ def summary_table(records: list[dict]) -> pd.DataFrame:
         row.update({f"acc/{g}": v["accuracy"] for g, v in r["groups"].items()})
         rows.append(row)
     table = pd.DataFrame(rows)
-    table["_pruned"] = table.method != "dense"
+    table["_pruned"] = ~table.method.str.startswith("dense")
     table = table.sort_values(["_pruned", "method", "sparsity", "seed"], kind="stable")
     return table.drop(columns="_pruned").reset_index(drop=True)
+
+
+def pruned_methods(table: pd.DataFrame) -> list[str]:
+    """Every pruning method (with its mitigation arm), without the dense models and their variants."""
+    return [m for m in table.method.unique() if not m.startswith("dense")]
 
 
 def _by_sparsity(table: pd.DataFrame, column: str) -> pd.DataFrame:
     """Mean and std over seeds per method and sparsity; each method's curve starts at the dense model."""
     dense = table[table.method == "dense"]
     frames = []
-    for method in [m for m in table.method.unique() if m != "dense"]:
+    for method in pruned_methods(table):
         frames.append(pd.concat([dense.assign(method=method), table[table.method == method]]))
     curves = pd.concat(frames) if frames else dense
     return curves.groupby(["method", "sparsity"])[column].agg(["mean", "std"]).reset_index()
@@ -45,7 +50,7 @@ def _line(ax, frame: pd.DataFrame, label: str) -> None:
 def figures(table: pd.DataFrame, group_names: list[str], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    methods = [m for m in table.method.unique() if m != "dense"] or ["dense"]
+    methods = pruned_methods(table) or ["dense"]
 
     fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
     for ax, method in zip(axes[0], methods):
@@ -109,7 +114,8 @@ def _markdown(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
     return "\n".join(lines)
 
 
-def markdown_page(table: pd.DataFrame, figure_paths: list[Path], timings: pd.DataFrame, data_info: dict) -> str:
+def markdown_page(table: pd.DataFrame, figure_paths: list[Path], timings: pd.DataFrame, data_info: dict,
+                  extra_sections: list[str] = ()) -> str:
     columns = ["accuracy", *[g for g in GAPS if g in table], "sparsity_actual",
                *[c for c in ("mac_reduction", "speedup") if c in table]]
     grouped = table.groupby(["method", "sparsity"], sort=False)
@@ -127,6 +133,7 @@ def markdown_page(table: pd.DataFrame, figure_paths: list[Path], timings: pd.Dat
         _markdown(table[["run", *[c for c in table.columns if c.startswith("acc/")]]]),
         "## Figures",
         *[f"![{p.stem}](figures/{p.name})" for p in figure_paths],
+        *extra_sections,
         "## Stage wall time (seconds)",
         _markdown(timings, ".1f"),
         "Gaps are defined in the project README (metrics contract): accuracy_gap = max - min group accuracy; "

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fairprune.config import OptimParams
+from fairprune.config import MitigationParams, OptimParams
 from fairprune.device import autocast, to_device
 from fairprune.errors import TrainingDiverged
 from fairprune.evaluation import evaluate_split
@@ -60,33 +60,50 @@ def make_optimizer(model: torch.nn.Module, opt: OptimParams):
     return optimizer, scheduler
 
 
-def _train_epoch(model, images, targets, opt: OptimParams, optimizer, device, generator, epoch: int, desc: str):
+class PlainStep:
+    """One ERM step: cross-entropy, backward, optimizer step."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device):
+        self.model, self.optimizer, self.device = model, optimizer, device
+
+    def __call__(self, x, y, groups):
+        with autocast(self.device):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), logits.detach()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _train_epoch(model, images, targets, groups, opt: OptimParams, step, device, generator, epoch: int, desc: str):
     model.train()
     order = torch.randperm(len(targets), generator=generator).to(device)
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     steps = math.ceil(len(targets) / opt.batch_size)
     bar = tqdm(range(steps), desc=f"{desc} epoch {epoch + 1}", leave=False, mininterval=1, disable=steps < 50)
-    for step in bar:
-        idx = order[step * opt.batch_size:(step + 1) * opt.batch_size]
+    for i in bar:
+        idx = order[i * opt.batch_size:(i + 1) * opt.batch_size]
         x = images[idx].float().div_(255.0)
         y = targets[idx]
         if opt.hflip:
             flip = (torch.rand(len(x), generator=generator) < 0.5).to(device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        with autocast(device):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.detach() * len(y)
+        loss, logits = step(x, y, groups[idx])
+        total_loss += loss * len(y)
         correct += (logits.argmax(1) == y).sum()
-        if (step + 1) % NAN_CHECK_EVERY == 0 or step + 1 == steps:
+        if (i + 1) % NAN_CHECK_EVERY == 0 or i + 1 == steps:
             if not torch.isfinite(total_loss):
                 raise TrainingDiverged(
                     f"{desc}: the training loss became {float(total_loss)} in epoch {epoch + 1} "
-                    f"(by step {step + 1}); lower the learning rate (lr = {opt.lr}) or check the data")
+                    f"(by step {i + 1}); lower the learning rate (lr = {opt.lr}) or check the data")
     n = len(targets)
     return float(total_loss) / n, float(correct) / n
 
@@ -95,7 +112,8 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
         checkpoint: Path | None = None, resume_key: str = "", log: LogFn | None = None,
         desc: str = "train", extra_state: dict | None = None,
         before_epoch: Callable[[int], None] | None = None,
-        after_epoch: Callable[[int], None] | None = None) -> list[dict]:
+        after_epoch: Callable[[int], None] | None = None,
+        mitigation: MitigationParams | None = None) -> list[dict]:
     """Train `model` for opt.epochs on the train split, validating per group after each epoch.
 
     Returns the per-epoch history. With a checkpoint path, state is saved after every epoch
@@ -106,8 +124,14 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
     """
     model.to(device)
     optimizer, scheduler = make_optimizer(model, opt)
-    images, targets, _ = data.subset("train")
-    images, targets = to_device(images, device), targets.to(device)
+    images, targets, groups = data.subset("train")
+    images, targets, groups = to_device(images, device), targets.to(device), groups.to(device)
+    if mitigation is None:
+        step = PlainStep(model, optimizer, device)
+    else:
+        from fairprune.fairness.constraints import ConstrainedStep
+
+        step = ConstrainedStep(model, optimizer, data.num_groups, mitigation, device, log)
     generator = torch.Generator().manual_seed(seed)
     start, history = 0, []
     state = read_checkpoint(checkpoint, resume_key)
@@ -116,12 +140,13 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
+        step.load_state_dict(state["step"])
         start, history = state["epoch"], state["history"]
         tqdm.write(f"{desc}: resuming from the checkpoint after epoch {start}")
     for epoch in tqdm(range(start, opt.epochs), desc=desc, initial=start, total=opt.epochs, unit="epoch"):
         if before_epoch:
             before_epoch(epoch)
-        train_loss, train_acc = _train_epoch(model, images, targets, opt, optimizer, device, generator, epoch, desc)
+        train_loss, train_acc = _train_epoch(model, images, targets, groups, opt, step, device, generator, epoch, desc)
         scheduler.step()
         val = evaluate_split(model, data, "val", 1024, device).stats()
         record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
@@ -137,7 +162,7 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
             _write_checkpoint(checkpoint, {
                 "fingerprint": resume_key, "epoch": epoch + 1, "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "step": step.state_dict(),
                 **(extra_state or {}),
             })
     return history

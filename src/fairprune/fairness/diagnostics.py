@@ -1,0 +1,186 @@
+"""Tran et al.'s diagnostics (METHODS.md section 2): why a pruned model is unfair to a group.
+
+Per group `a`, on a seeded sample of its training data: size, accuracy, loss, the gradient norm
+||grad J(theta; D_a)||, the Hessian's top eigenvalue by power iteration on Hessian-vector
+products, the mean closeness to the decision boundary, and Theorem 1's bound
+||g_a|| ||theta_bar - theta*|| + 1/2 lambda_a ||theta_bar - theta*||^2 (gradient and eigenvalue
+of the dense model) next to the measured excessive loss R(a).
+
+Choices the paper leaves open, made here:
+- BatchNorm runs in eval mode (the statistics the deployed model uses).
+- Weights that are exactly zero in a prunable layer are removed parameters: gradients and
+  Hessian-vector products live in the subspace of the surviving weights.
+- The population quantities weight each group by its true training size, so the population
+  gradient is exactly sum_a (N_a / N) g_a even though each group is sampled separately.
+- Power iteration returns the Rayleigh quotient of the eigenvalue of largest magnitude.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fairprune.pruning.base import prunable_weights
+
+
+@dataclass
+class GroupSample:
+    images: torch.Tensor  # uint8, on the device
+    targets: torch.Tensor
+
+    def chunks(self, batch_size: int):
+        for start in range(0, len(self.targets), batch_size):
+            yield self.images[start:start + batch_size].float().div(255.0), self.targets[start:start + batch_size]
+
+
+class Subspace:
+    """The model's free parameters: every parameter, without the zeroed weights of pruned layers."""
+
+    def __init__(self, model: nn.Module):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        pruned = {id(m.weight) for m, _ in prunable_weights(model, exclude_output_layer=False)}
+        self.masks = [(p != 0).to(p.dtype) if id(p) in pruned and bool((p == 0).any()) else None
+                      for p in self.params]
+
+    def project(self, tensors):
+        return [t if m is None else t * m for t, m in zip(tensors, self.masks)]
+
+    def random_unit(self, generator: torch.Generator) -> list[torch.Tensor]:
+        v = self.project([torch.randn(p.shape, generator=generator).to(p.device) for p in self.params])
+        return _scale(v, 1.0 / _norm(v))
+
+
+def _norm(tensors) -> float:
+    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors)))
+
+
+def _dot(a, b) -> float:
+    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
+
+
+def _scale(tensors, factor: float):
+    return [t * factor for t in tensors]
+
+
+def _add(a, b, factor: float = 1.0):
+    return [x + factor * y for x, y in zip(a, b)]
+
+
+def gradient(model: nn.Module, space: Subspace, sample: GroupSample, batch_size: int) -> list[torch.Tensor]:
+    """grad of the mean loss over the sample (chunks summed, so any batch size gives the same answer)."""
+    total = [torch.zeros_like(p) for p in space.params]
+    n = len(sample.targets)
+    for x, y in sample.chunks(batch_size):
+        loss = F.cross_entropy(model(x), y, reduction="sum") / n
+        total = _add(total, torch.autograd.grad(loss, space.params))
+    return space.project(total)
+
+
+def hessian_vector_product(model: nn.Module, space: Subspace, sample: GroupSample, vector,
+                           batch_size: int) -> list[torch.Tensor]:
+    """H v of the mean loss over the sample, by double backward."""
+    total = [torch.zeros_like(p) for p in space.params]
+    n = len(sample.targets)
+    for x, y in sample.chunks(batch_size):
+        loss = F.cross_entropy(model(x), y, reduction="sum") / n
+        grads = torch.autograd.grad(loss, space.params, create_graph=True)
+        inner = sum((g * v).sum() for g, v in zip(grads, vector))
+        total = _add(total, torch.autograd.grad(inner, space.params))
+    return space.project(total)
+
+
+def top_eigenvalue(hvp, space: Subspace, iterations: int, seed: int) -> tuple[float, list[torch.Tensor]]:
+    """Power iteration: the eigenvalue of largest magnitude of the operator `hvp` and its vector."""
+    v = space.random_unit(torch.Generator().manual_seed(seed))
+    eigenvalue = 0.0
+    for _ in range(iterations):
+        hv = hvp(v)
+        eigenvalue = _dot(v, hv)
+        norm = _norm(hv)
+        if norm == 0.0:
+            break
+        v = _scale(hv, 1.0 / norm)
+    return eigenvalue, v
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, sample: GroupSample, batch_size: int) -> dict[str, float]:
+    loss = correct = closeness = 0.0
+    for x, y in sample.chunks(batch_size):
+        logits = model(x).float()
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += float((logits.argmax(1) == y).sum())
+        top2 = logits.softmax(1).topk(2, dim=1).values
+        closeness += float((1 - (top2[:, 0] - top2[:, 1])).sum())
+    n = max(len(sample.targets), 1)
+    return {"loss": loss / n, "accuracy": correct / n, "boundary_closeness": closeness / n}
+
+
+def group_samples(data, split: str, per_group: int, seed: int, device: torch.device) -> tuple[list, np.ndarray]:
+    """A seeded sample of at most `per_group` examples of each group, and each group's full size."""
+    images, targets, groups = data.subset(split)
+    generator = torch.Generator().manual_seed(seed)
+    samples, sizes = [], np.bincount(groups.numpy(), minlength=data.num_groups)
+    for g in range(data.num_groups):
+        idx = torch.nonzero(groups == g).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)[:per_group]]
+        samples.append(GroupSample(images[idx].to(device), targets[idx].to(device)))
+    return samples, sizes
+
+
+def parameter_distance(model: nn.Module, dense: nn.Module) -> float:
+    """||theta_bar - theta*|| over parameters matched by name; NaN when they do not match (structured
+    pruning changes shapes). Names, not order: folding a pruning mask re-registers the weight last."""
+    a, b = dict(model.named_parameters()), dict(dense.named_parameters())
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return float("nan")
+    return _norm([a[k].detach() - b[k].detach() for k in a])
+
+
+def diagnose(model: nn.Module, samples: list[GroupSample], sizes: np.ndarray, *, iterations: int, seed: int,
+             batch_size: int = 256) -> dict:
+    """Per-group and population diagnostics of one model on pre-drawn group samples."""
+    model.eval()
+    space = Subspace(model)
+    present = [g for g, s in enumerate(samples) if len(s.targets)]
+    weights = {g: sizes[g] / sizes[present].sum() for g in present}
+    groups, grads, hvps = [], {}, {}
+    for g, sample in enumerate(samples):
+        record = {"size": int(sizes[g]), "sample": len(sample.targets)}
+        if g in present:
+            record.update(_outputs(model, sample, batch_size))
+            grads[g] = gradient(model, space, sample, batch_size)
+            record["grad_norm"] = _norm(grads[g])
+            hvps[g] = lambda v, s=sample: hessian_vector_product(model, space, s, v, batch_size)
+            record["hessian_top"], _ = top_eigenvalue(hvps[g], space, iterations, seed)
+        groups.append(record)
+
+    population_grad = [torch.zeros_like(p) for p in space.params]
+    for g in present:
+        population_grad = _add(population_grad, grads[g], weights[g])
+
+    def population_hvp(v):
+        total = [torch.zeros_like(p) for p in space.params]
+        for g in present:
+            total = _add(total, hvps[g](v), weights[g])
+        return total
+
+    population_top, _ = top_eigenvalue(population_hvp, space, iterations, seed)
+    return {"groups": groups, "population": {"grad_norm": _norm(population_grad), "hessian_top": population_top},
+            "free_parameters": int(sum(p.numel() if m is None else int(m.sum())
+                                       for p, m in zip(space.params, space.masks)))}
+
+
+def add_excess_loss_bound(record: dict, dense_record: dict, distance: float) -> dict:
+    """Theorem 1 next to the measured R(a): the dense model's g_a and lambda_a, the pruned model's loss."""
+    record["parameter_distance"] = distance
+    for group, dense in zip(record["groups"], dense_record["groups"]):
+        if "loss" not in group:
+            continue
+        group["excess_loss"] = group["loss"] - dense["loss"]
+        group["bound"] = dense["grad_norm"] * distance + 0.5 * dense["hessian_top"] * distance ** 2
+        group["bound_holds"] = bool(group["excess_loss"] <= group["bound"]) if np.isfinite(distance) else None
+    return record

@@ -1,0 +1,87 @@
+"""Tran et al.'s diagnostics against autograd references on tiny models."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from fairprune.fairness.diagnostics import (GroupSample, Subspace, add_excess_loss_bound, diagnose, gradient,
+                                            hessian_vector_product, parameter_distance, top_eigenvalue)
+
+
+def tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+
+
+def samples(seed=0, sizes=(30, 10)):
+    g = torch.Generator().manual_seed(seed)
+    return [GroupSample(torch.randint(0, 256, (n, 1, 2, 2), generator=g, dtype=torch.uint8),
+                        torch.randint(0, 2, (n,), generator=g)) for n in sizes]
+
+
+def flat_loss(model, sample):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    x, y = sample.images.float() / 255, sample.targets
+
+    def loss(flat):
+        parts = torch.split(flat, [s.numel() for s in shapes])
+        params = {n: p.view(s) for n, p, s in zip(names, parts, shapes)}
+        return F.cross_entropy(functional_call(model, params, (x,)), y)
+    return loss, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_group_gradient_norms_equal_a_per_group_autograd_reference():
+    model, groups = tiny(), samples()
+    record = diagnose(model, groups, np.array([30, 10]), iterations=3, seed=0, batch_size=7)
+    for g, sample in enumerate(groups):
+        loss, flat = flat_loss(model, sample)
+        reference = torch.autograd.functional.jacobian(loss, flat).norm()
+        assert record["groups"][g]["grad_norm"] == pytest.approx(float(reference), rel=1e-5)
+    # The population gradient weights groups by their true sizes.
+    space = Subspace(model)
+    g0, g1 = (gradient(model, space, s, 64) for s in groups)
+    expected = torch.cat([(0.75 * a + 0.25 * b).flatten() for a, b in zip(g0, g1)]).norm()
+    assert record["population"]["grad_norm"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_power_iteration_matches_the_top_eigenvalue_of_the_explicit_hessian():
+    model, (sample, _) = tiny(), samples()
+    loss, flat = flat_loss(model, sample)
+    hessian = torch.autograd.functional.hessian(loss, flat)
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    expected = eigenvalues[eigenvalues.abs().argmax()]
+    space = Subspace(model)
+    value, vector = top_eigenvalue(lambda v: hessian_vector_product(model, space, sample, v, 8), space,
+                                   iterations=300, seed=1)
+    assert value == pytest.approx(float(expected), rel=1e-3)
+    hv = torch.cat([t.flatten() for t in hessian_vector_product(model, space, sample, vector, 64)])
+    v = torch.cat([t.flatten() for t in vector])
+    assert torch.allclose(hv, hessian @ v, atol=1e-5)
+
+
+def test_pruned_weights_are_outside_the_subspace():
+    model = tiny()
+    with torch.no_grad():
+        model[1].weight[0].zero_()
+    space = Subspace(model)
+    grads = gradient(model, space, samples()[0], 64)
+    assert torch.all(grads[0][0] == 0) and grads[0][1:].abs().sum() > 0
+
+
+def test_seeded_diagnostics_repeat_and_bound_is_attached():
+    dense, groups = tiny(), samples()
+    first = diagnose(dense, groups, np.array([30, 10]), iterations=5, seed=3)
+    assert first == diagnose(dense, groups, np.array([30, 10]), iterations=5, seed=3)
+    pruned = tiny()
+    with torch.no_grad():
+        pruned[1].weight.mul_((pruned[1].weight.abs() > 0.3).float())
+    record = add_excess_loss_bound(diagnose(pruned, groups, np.array([30, 10]), iterations=5, seed=3), first,
+                                   parameter_distance(pruned, dense))
+    assert record["parameter_distance"] > 0
+    for group, base in zip(record["groups"], first["groups"]):
+        assert group["excess_loss"] == pytest.approx(group["loss"] - base["loss"])
+        assert group["bound_holds"] in (True, False)
+    assert np.isnan(parameter_distance(nn.Linear(2, 2), dense))

@@ -1,0 +1,104 @@
+"""Tran et al.'s constrained training on a toy problem where ERM is unfair by construction."""
+import pytest
+import torch
+from torch import nn
+
+from fairprune.config import MitigationParams, TrainParams
+from fairprune.fairness.constraints import ConstrainedStep, group_means
+from fairprune.training import fingerprint, fit
+
+CPU = torch.device("cpu")
+
+
+class ToyGroups:
+    """90 % of the samples follow y = [x0 > .5], a 10 % minority follows y = [x1 > .5]; a linear
+    model cannot tell the groups apart, so ERM serves the majority's rule."""
+
+    group_names = ["majority", "minority"]
+    target_names = ["0", "1"]
+    num_groups = num_classes = 2
+
+    def __init__(self, n=1200, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randint(0, 256, (n, 1, 1, 4), generator=g, dtype=torch.uint8)
+        self.groups = (torch.rand(n, generator=g) < 0.1).long()
+        x = self.images.float().flatten(1) / 255
+        self.targets = torch.where(self.groups == 0, x[:, 0] > 0.5, x[:, 1] > 0.5).long()
+
+    def subset(self, split):
+        return self.images, self.targets, self.groups
+
+
+def linear():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+
+
+@torch.no_grad()
+def group_loss_gap(model, data):
+    x = data.images.float() / 255
+    losses = nn.functional.cross_entropy(model(x), data.targets, reduction="none")
+    means, _ = group_means(losses, data.groups, 2)
+    return (means[1] - means[0]).item()
+
+
+@pytest.mark.parametrize("variant", ["relaxed", "full"])
+def test_constraints_close_the_group_loss_gap_that_erm_leaves_open(variant):
+    data, opt = ToyGroups(), TrainParams(epochs=15, lr=0.1, batch_size=100, schedule="constant")
+    plain = linear()
+    fit(plain, data, opt, CPU, seed=0)
+    fair = linear()
+    mitigation = MitigationParams(variant=variant, dual_lr=0.01, hessian_every=2)
+    fit(fair, data, opt, CPU, seed=0, mitigation=mitigation)
+    erm_gap, fair_gap = group_loss_gap(plain, data), group_loss_gap(fair, data)
+    assert erm_gap > 0.15
+    assert abs(fair_gap) < 0.3 * erm_gap
+
+
+def test_group_means_skip_empty_groups_and_keep_gradients():
+    values = torch.tensor([1.0, 3.0, 5.0], requires_grad=True)
+    means, counts = group_means(values, torch.tensor([0, 0, 2]), 3)
+    assert means.tolist() == [2.0, 0.0, 5.0] and counts.tolist() == [2, 0, 1]
+    means.sum().backward()
+    assert values.grad.tolist() == [0.5, 0.5, 1.0]
+
+
+def test_multipliers_are_logged_finite_and_resume_mid_mitigation(tmp_path):
+    data, opt = ToyGroups(), TrainParams(epochs=4, lr=0.1, batch_size=100)
+    mitigation = MitigationParams(variant="full", dual_lr=0.05, hessian_every=3, log_every=5)
+    records = []
+    full = linear()
+    fit(full, data, opt, CPU, seed=0, mitigation=mitigation, log=lambda r, s: records.append(r))
+    logged = [r for r in records if "multiplier/loss/1" in r]
+    assert len(logged) == 4 * 12 // 5
+    assert all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in logged)
+    assert any(abs(r["multiplier/grad_norm/1"]) > 0 for r in logged)
+
+    def interrupt_after_2(epochs_done):
+        if epochs_done == 2:
+            raise KeyboardInterrupt
+
+    ckpt, key = tmp_path / "fair.ckpt", fingerprint("fair")
+    with pytest.raises(KeyboardInterrupt):
+        fit(linear(), data, opt, CPU, seed=0, mitigation=mitigation, checkpoint=ckpt, resume_key=key,
+            after_epoch=interrupt_after_2)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == 1 and "multipliers" in state["step"]["problem"]
+    resumed = linear()
+    steps = []
+    original_init = ConstrainedStep.__init__
+
+    def spy(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        steps.append(self)
+
+    ConstrainedStep.__init__ = spy
+    try:
+        fit(resumed, data, opt, CPU, seed=0, mitigation=mitigation, checkpoint=ckpt, resume_key=key)
+    finally:
+        ConstrainedStep.__init__ = original_init
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5)
+    final = steps[0].multipliers()
+    assert torch.allclose(final["loss"], torch.tensor([logged[-1]["multiplier/loss/0"],
+                                                       logged[-1]["multiplier/loss/1"]]), atol=0.2)
