@@ -224,6 +224,10 @@ class EvaluateParams(_Section):
     batch_size: int = Field(default=512, ge=1)
 
 
+class ReportParams(_Section):
+    reference: Literal["tran_table2"] | None = None  # a paper's numbers to print next to ours
+
+
 class Params(_Section):
     base: BaseParams = BaseParams()
     data: DataParams = DataParams()
@@ -234,6 +238,7 @@ class Params(_Section):
     mitigation: MitigationParams = MitigationParams()
     evaluate: EvaluateParams = EvaluateParams()
     diagnose: DiagnoseParams = DiagnoseParams()
+    report: ReportParams = ReportParams()
 
     @model_validator(mode="after")
     def _fair_dense_is_trained(self) -> "Params":

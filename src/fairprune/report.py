@@ -60,7 +60,7 @@ def figures(table: pd.DataFrame, group_names: list[str], out_dir: Path) -> list[
         ax.set(title=f"{method}: accuracy per group", xlabel="sparsity", ylabel="test accuracy")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, ncol=2, title="group")
-    paths.append(_save(fig, out_dir / "group_accuracy_vs_sparsity.png"))
+    paths.append(save_figure(fig, out_dir / "group_accuracy_vs_sparsity.png"))
 
     gaps = [g for g in (*GAPS, "demographic_parity_gap", "equalized_odds_gap") if g in table]
     fig, axes = plt.subplots(1, len(gaps), figsize=(4.5 * len(gaps), 4), squeeze=False)
@@ -71,7 +71,7 @@ def figures(table: pd.DataFrame, group_names: list[str], out_dir: Path) -> list[
         ax.set(title=gap, xlabel="sparsity")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    paths.append(_save(fig, out_dir / "fairness_gaps_vs_sparsity.png"))
+    paths.append(save_figure(fig, out_dir / "fairness_gaps_vs_sparsity.png"))
 
     costs = [c for c in ("mac_reduction", "speedup") if c in table]
     if costs:
@@ -84,7 +84,7 @@ def figures(table: pd.DataFrame, group_names: list[str], out_dir: Path) -> list[
                    xlabel="sparsity")
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8)
-        paths.append(_save(fig, out_dir / "size_speed_vs_sparsity.png"))
+        paths.append(save_figure(fig, out_dir / "size_speed_vs_sparsity.png"))
 
     fig, ax = plt.subplots(figsize=(5, 4))
     curve = _by_sparsity(table, "accuracy")
@@ -93,18 +93,49 @@ def figures(table: pd.DataFrame, group_names: list[str], out_dir: Path) -> list[
     ax.set(title="overall accuracy", xlabel="sparsity", ylabel="test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    paths.append(_save(fig, out_dir / "accuracy_vs_sparsity.png"))
+    paths.append(save_figure(fig, out_dir / "accuracy_vs_sparsity.png"))
     return paths
 
 
-def _save(fig, path: Path) -> Path:
+# Tran et al. Table 2 (UTKFace, ethnicity label, age groups, 2-conv 3-linear CNN): (accuracy, violation).
+TRAN_TABLE2 = {
+    "no_mitigation": {0.3: (.546, .179), 0.5: (.545, .186), 0.7: (.529, .152), 0.9: (.559, .134)},
+    "fair_bf": {0.3: (.539, .189), 0.5: (.557, .190), 0.7: (.529, .174), 0.9: (.540, .238)},
+    "fair_aft": {0.3: (.538, .172), 0.5: (.532, .161), 0.7: (.497, .163), 0.9: (.472, .050)},
+    "fair_both": {0.3: (.525, .170), 0.5: (.541, .144), 0.7: (.508, .156), 0.9: (.484, .073)},
+}
+REFERENCES = {"tran_table2": TRAN_TABLE2}
+
+
+def arms_table(table: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
+    """Tran et al.'s arms side by side: accuracy and fairness violation (max - min group accuracy)
+    per sparsity, mean +- std over seeds, next to a paper's numbers when a reference is named."""
+    pruned = table[~table.method.str.startswith("dense")]
+    split = pruned.method.str.partition("+")
+    pruned = pruned.assign(base=split[0], arm=split[2].replace("", "no_mitigation"))
+    if pruned.arm.nunique() < 2:
+        return pd.DataFrame()
+    rows = []
+    for (base, arm, sparsity), part in pruned.groupby(["base", "arm", "sparsity"], sort=False):
+        row = {"method": base, "arm": arm, "sparsity": sparsity, "seeds": len(part),
+               "accuracy": f"{part.accuracy.mean():.3f} ± {part.accuracy.std(ddof=1) if len(part) > 1 else 0:.3f}",
+               "violation": f"{part.accuracy_gap.mean():.3f} ± "
+                            f"{part.accuracy_gap.std(ddof=1) if len(part) > 1 else 0:.3f}"}
+        paper = REFERENCES.get(reference or "", {}).get(arm, {}).get(round(float(sparsity), 2))
+        if reference:
+            row["paper accuracy"], row["paper violation"] = paper if paper else ("", "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _markdown(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "---|" * len(frame.columns)
     lines = [header, rule]
@@ -128,14 +159,14 @@ def markdown_page(table: pd.DataFrame, figure_paths: list[Path], timings: pd.Dat
         f"Dataset `{data_info.get('dataset')}`, target `{data_info.get('target')}`, group `{data_info.get('group')}`; "
         f"split `{table.split.iloc[0]}`; seeds {sorted(table.seed.unique().tolist())}.",
         "## Accuracy and fairness gaps (mean over seeds; _std = standard deviation across seeds)",
-        _markdown(aggregate),
+        markdown_table(aggregate),
         "## Per-group accuracy",
-        _markdown(table[["run", *[c for c in table.columns if c.startswith("acc/")]]]),
+        markdown_table(table[["run", *[c for c in table.columns if c.startswith("acc/")]]]),
         "## Figures",
         *[f"![{p.stem}](figures/{p.name})" for p in figure_paths],
         *extra_sections,
         "## Stage wall time (seconds)",
-        _markdown(timings, ".1f"),
+        markdown_table(timings, ".1f"),
         "Gaps are defined in the project README (metrics contract): accuracy_gap = max - min group accuracy; "
         "excess_loss_gap = max - min of R(a) = J_pruned(a) - J_dense(a); degradation_gap = max - min of the "
         "group accuracy drops; worst_excess_drop = max over groups of (group drop - overall drop).",

@@ -82,7 +82,7 @@ def _scatter(ax, frame: pd.DataFrame, x: str, y: str, title: str) -> None:
 
 def figures(records: list[dict], method: str, out_dir: Path) -> list[Path]:
     """The paper's Figures 2-6 and Theorem 1's bound against the measured excessive loss."""
-    from fairprune.report import _save
+    from fairprune.report import save_figure
 
     frame = group_frame(records)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def figures(records: list[dict], method: str, out_dir: Path) -> list[Path]:
     _scatter(axes[2], frame, "boundary_closeness", "hessian_top", "Hessian top eigenvalue vs boundary closeness")
     _scatter(axes[3], frame, "grad_norm", "hessian_top", "Hessian top eigenvalue vs gradient norm")
     axes[3].legend(fontsize=7, title="group")
-    paths.append(_save(fig, out_dir / "diagnostics_correlations.png"))
+    paths.append(save_figure(fig, out_dir / "diagnostics_correlations.png"))
 
     curve = frame[frame.method.isin(["dense", method])]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -105,7 +105,7 @@ def figures(records: list[dict], method: str, out_dir: Path) -> list[Path]:
         ax.set(title=f"{method}: {column.replace('_', ' ')} per group", xlabel="sparsity")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, title="group")
-    paths.append(_save(fig, out_dir / "diagnostics_vs_sparsity.png"))
+    paths.append(save_figure(fig, out_dir / "diagnostics_vs_sparsity.png"))
 
     if "bound" in frame and frame.bound.notna().any():
         bounded = frame.dropna(subset=["bound"])
@@ -115,7 +115,7 @@ def figures(records: list[dict], method: str, out_dir: Path) -> list[Path]:
         ax.plot([0, top], [0, top], "k--", lw=1, label="R(a) = bound")
         ax.set_xscale("symlog")
         ax.legend(fontsize=7)
-        paths.append(_save(fig, out_dir / "diagnostics_bound.png"))
+        paths.append(save_figure(fig, out_dir / "diagnostics_bound.png"))
     return paths
 
 
