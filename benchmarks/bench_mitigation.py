@@ -1,0 +1,86 @@
+"""Cost of one training step under Tran et al.'s mitigation versus a plain ERM step.
+
+Targets: a relaxed step at most 1.15x a plain step; a full step at most 3x a relaxed step (the
+paper reports over 10x). Steps of every kind run alternated in this process on the same batches
+and model; the median of repeated timings is compared. The full step is timed amortised: its Hessian
+terms refreshed every `--hessian-every` steps, as in the defaults (`--refresh-every-step` adds the
+un-amortised step).
+
+    python benchmarks/bench_mitigation.py [--arch small_cnn] [--size 32] [--groups 5] [--batch 128]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from fairprune import models
+from fairprune.config import MitigationParams
+from fairprune.fairness.constraints import ConstrainedStep
+from fairprune.training import PlainStep
+
+
+class Shapes:
+    """What models.build reads from a dataset."""
+
+    def __init__(self, channels, size, classes):
+        self.input_shape, self.num_classes = (channels, size, size), classes
+        self.mean, self.std = [0.5] * channels, [0.25] * channels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", default="small_cnn")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=3)
+    parser.add_argument("--classes", type=int, default=5)
+    parser.add_argument("--groups", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--hessian-every", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of `hessian-every` steps per kind")
+    parser.add_argument("--refresh-every-step", action="store_true",
+                        help="also time a full step whose Hessian terms are refreshed on every step (slow)")
+    args = parser.parse_args()
+    device = torch.device("cpu")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(args.batch, args.channels, args.size, args.size, generator=g)
+    y = torch.randint(0, args.classes, (args.batch,), generator=g)
+    a = torch.randint(0, args.groups, (args.batch,), generator=g)
+
+    def make(kind):
+        torch.manual_seed(0)
+        model = models.build(args.arch, Shapes(args.channels, args.size, args.classes)).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        if kind == "plain":
+            return PlainStep(model, optimizer, device)
+        variant, every = {"relaxed": ("relaxed", 1), "full": ("full", args.hessian_every),
+                          "full (Hessian refresh every step)": ("full", 1)}[kind]
+        return ConstrainedStep(model, optimizer, args.groups, MitigationParams(variant=variant, hessian_every=every),
+                               device)
+
+    kinds = ["plain", "relaxed", "full"] + (["full (Hessian refresh every step)"] if args.refresh_every_step else [])
+    steps = {k: make(k) for k in kinds}
+    for step in steps.values():  # warm-up
+        step(x, y, a)
+    timings = {k: [] for k in kinds}
+    for _ in range(args.rounds):
+        for kind in kinds:
+            start = time.perf_counter()
+            for _ in range(args.hessian_every):
+                steps[kind](x, y, a)
+            timings[kind].append((time.perf_counter() - start) / args.hessian_every)
+    median = {k: statistics.median(v) for k, v in timings.items()}
+    print(f"{args.arch} {args.channels}x{args.size}x{args.size}, batch {args.batch}, {args.groups} groups, "
+          f"{torch.get_num_threads()} threads; median of {args.rounds} rounds of {args.hessian_every} steps")
+    for kind in kinds:
+        print(f"{kind:36s} {median[kind] * 1000:8.1f} ms/step")
+    print(f"relaxed / plain                      {median['relaxed'] / median['plain']:8.2f}x   (target <= 1.15x)")
+    print(f"full / relaxed                       {median['full'] / median['relaxed']:8.2f}x   (target <= 3x; "
+          f"Hessian terms every {args.hessian_every} steps)")
+    if args.refresh_every_step:
+        print(f"full, Hessian every step / relaxed   "
+              f"{median['full (Hessian refresh every step)'] / median['relaxed']:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
