@@ -34,4 +34,5 @@ test-slow: install
 bench: install
 	$(BIN)/python benchmarks/bench_evaluation.py
 	$(BIN)/python benchmarks/bench_pruning.py
+	$(BIN)/python benchmarks/bench_mitigation.py
 	$(BIN)/python benchmarks/bench_pipeline.py

@@ -102,3 +102,47 @@ def test_multipliers_are_logged_finite_and_resume_mid_mitigation(tmp_path):
     final = steps[0].multipliers()
     assert torch.allclose(final["loss"], torch.tensor([logged[-1]["multiplier/loss/0"],
                                                        logged[-1]["multiplier/loss/1"]]), atol=0.2)
+
+
+def test_finite_difference_constraint_gradients_match_double_backward():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x, y = torch.randn(40, 3, dtype=torch.float64), torch.randint(0, 2, (40,))
+    groups = (torch.arange(40) % 4 == 0).long()
+    problem = ConstrainedStep(model, torch.optim.SGD(model.parameters(), lr=0.1), 2,
+                              MitigationParams(variant="full", fd_step=1e-5, hessian_iterations=200),
+                              CPU).problem
+    state = problem.compute_cmp_state(x, y, groups)
+    params = list(model.parameters())
+
+    def group_grad(g):
+        loss = nn.functional.cross_entropy(model(x[groups == g]), y[groups == g])
+        return torch.autograd.grad(loss, params, create_graph=True)
+
+    grads = [group_grad(0), group_grad(1)]
+    population = [0.75 * a + 0.25 * b for a, b in zip(*grads)]
+    norm = lambda ts: torch.sqrt(sum((t ** 2).sum() for t in ts))  # noqa: E731
+    exact = torch.autograd.grad(norm(grads[1]) - norm(population), params, retain_graph=True)
+    violation = state.observed_constraints[problem.grad_norm].violation[1]
+    assert violation.item() == pytest.approx((norm(grads[1]) - norm(population)).item(), rel=1e-6)
+    estimate = torch.autograd.grad(violation, params)
+    for a, b in zip(estimate, exact):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+    # The Hessian constraint's value is the gap of top eigenvalues (explicit Hessians of a tiny model).
+    flat = torch.cat([p.detach().flatten() for p in params])
+    eigs = []
+    for g in (1, None):
+        def loss(theta, g=g):
+            parts, offset = [], 0
+            for p in params:
+                parts.append(theta[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+            out = torch.func.functional_call(model, dict(zip([n for n, _ in model.named_parameters()], parts)), (x,))
+            per = nn.functional.cross_entropy(out, y, reduction="none")
+            if g is not None:
+                return per[groups == g].mean()
+            return 0.75 * per[groups == 0].mean() + 0.25 * per[groups == 1].mean()
+        values = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat))
+        eigs.append(values[values.abs().argmax()])
+    measured = state.observed_constraints[problem.hessian].violation[1]
+    assert measured.item() == pytest.approx((eigs[0] - eigs[1]).item(), rel=1e-3)

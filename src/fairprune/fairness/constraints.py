@@ -7,15 +7,20 @@ Every constraint family has one Lagrange multiplier per group (cooper's IndexedM
 mini-batch that misses a group leaves that group's multiplier untouched), updated by dual ascent
 before each primal step (cooper's AlternatingDualPrimalOptimizer).
 
-How the full version stays affordable:
-- J = sum_a (n_a / n) J_a on a batch, so the population gradient is the weighted sum of the
-  group gradients: G backward passes (with graph, for the primal gradient of the norms) and no
-  extra one for the population.
-- The eigenvalue terms use the Rayleigh quotient v_a^T H_a v_a at the current power-iteration
-  vector v_a (by Danskin's theorem its gradient is the eigenvalue's). The vectors are refined by
-  `hessian_iterations` warm-started power steps every `hessian_every` steps; in between, the
-  Hessian constraints are not observed (their multipliers keep their values). `grad_norm_every`
-  does the same for the gradient-norm constraints (1 = every step, as in the paper).
+How the full version stays affordable: only first-order backward passes, no double backward.
+- Per-group gradients g_a come from one pass over the batch split by group (BatchNorm in eval
+  mode, so the extra passes leave its running statistics alone); the population gradient is
+  their size-weighted sum, g = sum_a (n_a / n) g_a.
+- The primal gradient of ||g_a|| - ||g|| is H_a g_a/||g_a|| - H g/||g||, each Hessian-vector
+  product a forward difference of gradients, (grad J_a(theta + eps d) - g_a) / eps.
+- lambda(H_a) is the Rayleigh quotient at a warm-started power-iteration vector v_a (finite-
+  difference Hessian-vector products); its gradient, v^T (dH_a) v by Danskin's theorem, is the
+  second difference (grad J_a(theta + eps v) - 2 g_a + grad J_a(theta - eps v)) / eps^2. These
+  terms are refreshed every `hessian_every` steps; in between the Hessian constraints are not
+  observed (their multipliers keep their values). `grad_norm_every` does the same for the
+  gradient-norm constraints (1 = every step, as in the paper).
+- Each measured violation enters cooper as value + <theta - theta.detach(), gradient estimate>,
+  whose value is the violation and whose gradient is the estimate.
 A positive `tolerance` turns each equality into |violation| <= tolerance.
 """
 from __future__ import annotations
@@ -46,7 +51,7 @@ def _flat_dot(a, b) -> torch.Tensor:
 
 
 def _flat_norm(tensors) -> torch.Tensor:
-    return torch.sqrt(sum((t ** 2).sum() for t in tensors) + 1e-12)
+    return torch.sqrt(sum((t.detach() ** 2).sum() for t in tensors) + 1e-12)
 
 
 class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
@@ -72,49 +77,126 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         return self.step_count % every == 0
 
     def compute_cmp_state(self, x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> cooper.CMPState:
+        counts = torch.bincount(groups, minlength=self.num_groups)
+        present = torch.nonzero(counts).flatten()
+        misc = {"present": present}
+        observed = {}
+        if "grad_norm" in self.kinds:
+            # Before the main forward: the finite differences move the weights in place.
+            observed.update(self._second_order_constraints(x, y, groups, counts, present, misc))
         with autocast(self.device):
             logits = self.model(x)
-        per_sample = F.cross_entropy(logits.float(), y, reduction="none")
+        per_sample = F.cross_entropy(_full_precision(logits), y, reduction="none")
         loss = per_sample.mean()
-        group_loss, counts = group_means(per_sample, groups, self.num_groups)
-        present = torch.nonzero(counts).flatten()
-        observed = {self.loss: self._violation(group_loss[present] - loss, present)}
-        misc = {"logits": logits.detach(), "group_loss": group_loss.detach(), "present": present}
-        need_grads = "grad_norm" in self.kinds and (
-            self._due(self.params.grad_norm_every) or self._due(self.params.hessian_every))
-        if need_grads:
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            weights = counts[present] / counts.sum()
-            grads = [torch.autograd.grad(group_loss[g], params, create_graph=True, retain_graph=True)
-                     for g in present.tolist()]
-            population = [sum(w * g[i] for w, g in zip(weights, grads)) for i in range(len(params))]
-            if self._due(self.params.grad_norm_every):
-                norms = torch.stack([_flat_norm(g) for g in grads])
-                observed[self.grad_norm] = self._violation(norms - _flat_norm(population), present)
-                misc["grad_norm"] = norms.detach()
-            if self._due(self.params.hessian_every):
-                eig = self._eigenvalues(params, grads, population, present.tolist())
-                observed[self.hessian] = self._violation(eig[:-1] - eig[-1], present)
-                misc["hessian_top"] = eig.detach()
+        group_loss, _ = group_means(per_sample, groups, self.num_groups)
+        observed = {self.loss: self._violation(group_loss[present] - loss, present), **observed}
+        misc.update(logits=logits.detach(), group_loss=group_loss.detach())
         self.step_count += 1
         return cooper.CMPState(loss=loss, observed_constraints=observed, misc=misc)
 
-    def _eigenvalues(self, params, grads, population, present: list[int]) -> torch.Tensor:
-        """Differentiable Rayleigh quotients v^T H v per present group, then the population's last."""
-        quotients = []
-        for key, grad in [*zip(present, grads), (-1, population)]:
+    def _second_order_constraints(self, x, y, groups, counts, present, misc) -> dict:
+        norms_due, hessian_due = self._due(self.params.grad_norm_every), self._due(self.params.hessian_every)
+        if not (norms_due or hessian_due):
+            return {}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        chunks = [(x[groups == g], y[groups == g]) for g in present.tolist()]
+        weights = (counts[present] / counts.sum()).tolist()
+        eps = self.params.fd_step
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            grads = [self._gradient(params, chunk) for chunk in chunks]
+            population = _combine(grads, weights)
+            observed = {}
+            if norms_due:
+                norms = [_flat_norm(g) for g in grads]
+                pop_norm = _flat_norm(population)
+                pop_dir = [t / pop_norm for t in population]
+                h_pop = _combine([_fd_hvp(self._gradient(params, c, pop_dir, eps), g, eps)
+                                  for c, g in zip(chunks, grads)], weights)
+                estimates = [[h - q for h, q in zip(_fd_hvp(self._gradient(params, c, [t / n for t in g], eps), g, eps),
+                                                     h_pop)] for c, g, n in zip(chunks, grads, norms)]
+                values = torch.stack([n - pop_norm for n in norms])
+                observed[self.grad_norm] = self._violation(_surrogate(values, estimates, params), present)
+                misc["grad_norm"] = torch.stack(norms)
+            if hessian_due:
+                eig, estimates = self._eigenvalues(params, chunks, grads, weights, present.tolist(), eps)
+                values = eig[:-1] - eig[-1]
+                gaps = [[a - b for a, b in zip(e, estimates[-1])] for e in estimates[:-1]]
+                observed[self.hessian] = self._violation(_surrogate(values, gaps, params), present)
+                misc["hessian_top"] = eig
+        finally:
+            self.model.train(was_training)
+        return observed
+
+    def _gradient(self, params, chunk, direction=None, eps: float = 0.0) -> list[torch.Tensor]:
+        """grad of the chunk's mean loss at theta + eps * direction (first order, no graph kept)."""
+        saved = [p.detach().clone() for p in params] if direction is not None else None
+        if direction is not None:
+            with torch.no_grad():
+                for p, d in zip(params, direction):
+                    p.add_(d, alpha=eps)
+        try:
+            with autocast(self.device):
+                logits = self.model(chunk[0])
+            loss = F.cross_entropy(_full_precision(logits), chunk[1])
+            return [g.detach() for g in torch.autograd.grad(loss, params)]
+        finally:
+            if saved is not None:
+                with torch.no_grad():
+                    for p, original in zip(params, saved):
+                        p.copy_(original)
+
+    def _eigenvalues(self, params, chunks, grads, weights, present: list[int], eps: float):
+        """Top Hessian eigenvalue per present group and of the population (last), by warm-started power
+        iteration on finite-difference Hessian-vector products, with each eigenvalue's gradient."""
+        def group_hvp(i):
+            return lambda v: _fd_hvp(self._gradient(params, chunks[i], v, eps), grads[i], eps)
+
+        def population_hvp(v):
+            return _combine([group_hvp(i)(v) for i in range(len(chunks))], weights)
+
+        values, estimates = [], []
+        for key, hvp, gradients in [*[(g, group_hvp(i), [grads[i]]) for i, g in enumerate(present)],
+                                    (-1, population_hvp, grads)]:
             v = self.eigenvectors.get(key)
             if v is None or any(a.shape != p.shape for a, p in zip(v, params)):
                 generator = torch.Generator().manual_seed(1000 + key)
                 v = [torch.randn(p.shape, generator=generator).to(p.device) for p in params]
+                v = [t / _flat_norm(v) for t in v]
             for _ in range(self.params.hessian_iterations):
-                hv = torch.autograd.grad(_flat_dot(grad, v), params, retain_graph=True)
-                norm = float(_flat_norm(hv))
-                v = [h / norm for h in hv]
-            self.eigenvectors[key] = [t.detach() for t in v]
-            hv = torch.autograd.grad(_flat_dot(grad, v), params, create_graph=True, retain_graph=True)
-            quotients.append(_flat_dot(v, hv))
-        return torch.stack(quotients)
+                hv = hvp(v)
+                rayleigh = _flat_dot(v, hv)
+                v = [t / _flat_norm(hv) for t in hv]
+            self.eigenvectors[key] = v
+            values.append(rayleigh)
+            chunk_ids = [present.index(key)] if key >= 0 else range(len(chunks))
+            chunk_weights = [1.0] if key >= 0 else weights
+            second = [[(a - 2 * g + b) / eps ** 2 for a, g, b in zip(self._gradient(params, chunks[i], v, eps),
+                                                                       grads[i],
+                                                                       self._gradient(params, chunks[i], v, -eps))]
+                      for i in chunk_ids]
+            estimates.append(_combine(second, chunk_weights))
+        return torch.stack(values), estimates
+
+
+def _full_precision(logits: torch.Tensor) -> torch.Tensor:
+    """Autocast's half-precision logits back to float32; float64 models stay float64."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _fd_hvp(shifted_grad, grad, eps: float) -> list[torch.Tensor]:
+    return [(a - b) / eps for a, b in zip(shifted_grad, grad)]
+
+
+def _combine(vectors: list[list[torch.Tensor]], weights: list[float]) -> list[torch.Tensor]:
+    return [sum(w * v[i] for w, v in zip(weights, vectors)) for i in range(len(vectors[0]))]
+
+
+def _surrogate(values: torch.Tensor, gradients: list[list[torch.Tensor]], params) -> torch.Tensor:
+    """Values that carry the given gradient estimates: value + <theta - theta.detach(), gradient>."""
+    return torch.stack([value + sum(((p - p.detach()) * g).sum() for p, g in zip(params, grad))
+                        for value, grad in zip(values.detach(), gradients)])
 
 
 class ConstrainedStep:
