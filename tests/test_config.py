@@ -82,3 +82,16 @@ def test_lottery_series_written_into_params(tmp_path):
     assert config.main(["lottery-series", "3", "--into", str(target)]) == 0
     assert config.load(target).prune.sparsities == [0.2, 0.36, 0.488]
     assert "kept comment" in target.read_text()
+
+
+def test_mitigation_arms_are_checked_and_fair_bf_needs_its_dense_variant():
+    params = config.validate({"prune": {"methods": ["magnitude", "snip+fair_aft"]}})
+    assert params.prune.methods == ["magnitude", "snip+fair_aft"]
+    with pytest.raises(ParamsError, match=r"prune\.methods\.0.*fair_bf"):
+        config.validate({"prune": {"methods": ["magnitude+fair_later"]}})
+    with pytest.raises(ParamsError, match=r"train\.variants.*'relaxed'"):
+        config.validate({"prune": {"methods": ["magnitude+fair_bf"]}})
+    ok = config.validate({"prune": {"methods": ["magnitude+fair_both"]}, "train": {"variants": ["plain", "relaxed"]}})
+    assert ok.mitigation.variant == "relaxed"
+    with pytest.raises(ParamsError, match=r"train\.variants"):
+        config.validate({"train": {"variants": ["relaxed"]}})
