@@ -7,6 +7,7 @@ fair_both does both."""
 import argparse
 
 from fairprune import artifacts, models, tracking, training
+from fairprune.config import MITIGATED_DENSE_ARMS, MITIGATED_FINETUNE_ARMS, split_arm
 from fairprune.errors import ParamsError
 from fairprune.data import load_prepared
 from fairprune.device import resolve, seed_everything
@@ -19,14 +20,14 @@ from fairprune.stage import run
 def main(params, args, timer):
     if not 0.0 <= args.sparsity < 1.0:
         raise ParamsError("prune.sparsities", args.sparsity, "a fraction in [0, 1)")
-    name, _, arm = args.method.partition("+")
+    name, arm = split_arm(args.method)
     method = get_method(name)
     method.check(args.sparsity)
     device = resolve(params.base.device)
     data = load_prepared(artifacts.PREPARED)
     seed_everything(args.seed)
-    start = artifacts.dense_model(args.seed, params.mitigation.variant if arm in ("fair_bf", "fair_both") else "plain")
-    mitigation = params.mitigation if arm in ("fair_aft", "fair_both") else None
+    start = artifacts.dense_model(args.seed, params.mitigation.variant if arm in MITIGATED_DENSE_ARMS else "plain")
+    mitigation = params.mitigation if arm in MITIGATED_FINETUNE_ARMS else None
     model, dense_extra = models.load(start)
     dense_params, dense_macs = count_params(model), macs_per_image(model, data.input_shape)
     key_name = artifacts.pruned_key(args.method, args.sparsity, args.seed)

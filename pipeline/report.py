@@ -72,7 +72,8 @@ def main(params, args, timer):
         variants = dense_variants_table(params, table)
         variants.to_csv(out / "dense_variants.csv", index=False)
         sections += ["## Dense training: plain versus mitigated (Tran et al. Table 1 layout)",
-                     "accuracy on the evaluation split, mean over seeds; wall time of the train stage", markdown_table(variants)]
+                     "accuracy on the evaluation split, mean over seeds; wall time of the train stage",
+                     markdown_table(variants)]
     (out / "README.md").write_text(markdown_page(table, figure_paths, timings, data_info, sections + why))
     with tracking.stage_run(params.base, "report", "report", {"seeds": params.base.seeds,
                                                               "methods": params.prune.methods,

@@ -140,6 +140,14 @@ class OptimParams(_Section):
 DENSE_VARIANTS = ("plain", "relaxed", "full")
 # Tran et al.'s arms, appended to a pruning method as `<method>+<arm>`; the bare name is "No mitigation".
 ARMS = ("fair_bf", "fair_aft", "fair_both")
+MITIGATED_DENSE_ARMS = ("fair_bf", "fair_both")  # prune the mitigated dense model
+MITIGATED_FINETUNE_ARMS = ("fair_aft", "fair_both")  # fine-tune under the constraints
+
+
+def split_arm(method: str) -> tuple[str, str]:
+    """'magnitude+fair_aft' -> ('magnitude', 'fair_aft'); a bare method has the arm ''."""
+    name, _, arm = method.partition("+")
+    return name, arm
 
 
 class TrainParams(OptimParams):
@@ -209,7 +217,7 @@ class PruneParams(_Section):
 
         known = available_methods()
         for i, value in enumerate(values):
-            method, _, arm = value.partition("+")
+            method, arm = split_arm(value)
             if method not in known:
                 raise ParamsError(f"prune.methods.{i}", value, f"one of: {', '.join(known)}, optionally "
                                   f"followed by +{' / +'.join(ARMS)}")
@@ -243,7 +251,7 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _fair_dense_is_trained(self) -> "Params":
-        needs = [m for m in self.prune.methods if m.endswith(("+fair_bf", "+fair_both"))]
+        needs = [m for m in self.prune.methods if split_arm(m)[1] in MITIGATED_DENSE_ARMS]
         if needs and self.mitigation.variant not in self.train.variants:
             raise ParamsError("train.variants", self.train.variants,
                               f"a list including '{self.mitigation.variant}' (mitigation.variant): "

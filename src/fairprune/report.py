@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from fairprune.config import split_arm  # noqa: E402
+
 GAPS = ("accuracy_gap", "excess_loss_gap", "degradation_gap", "worst_excess_drop")
 SCALARS = ("run", "method", "sparsity", "seed", "split", "sparsity_actual", "params_total", "params_nonzero",
            "accuracy", "loss")
@@ -111,8 +113,8 @@ def arms_table(table: pd.DataFrame, reference: str | None = None) -> pd.DataFram
     """Tran et al.'s arms side by side: accuracy and fairness violation (max - min group accuracy)
     per sparsity, mean +- std over seeds, next to a paper's numbers when a reference is named."""
     pruned = table[~table.method.str.startswith("dense")]
-    split = pruned.method.str.partition("+")
-    pruned = pruned.assign(base=split[0], arm=split[2].replace("", "no_mitigation"))
+    parts = [split_arm(m) for m in pruned.method]
+    pruned = pruned.assign(base=[b for b, _ in parts], arm=[a or "no_mitigation" for _, a in parts])
     if pruned.arm.nunique() < 2:
         return pd.DataFrame()
     rows = []

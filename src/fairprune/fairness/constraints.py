@@ -35,6 +35,7 @@ from torch import nn
 from fairprune.config import MitigationParams
 from fairprune.device import autocast
 from fairprune.errors import TrainingDiverged
+from fairprune.fairness.vectors import combine, norm, power_iteration
 
 CONSTRAINTS = {"relaxed": ("loss",), "full": ("loss", "grad_norm", "hessian")}
 
@@ -44,14 +45,6 @@ def group_means(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> 
     counts = torch.bincount(groups, minlength=num_groups).to(values.dtype)
     sums = torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add(0, groups, values)
     return sums / counts.clamp(min=1), counts
-
-
-def _flat_dot(a, b) -> torch.Tensor:
-    return sum((x * y).sum() for x, y in zip(a, b))
-
-
-def _flat_norm(tensors) -> torch.Tensor:
-    return torch.sqrt(sum((t.detach() ** 2).sum() for t in tensors) + 1e-12)
 
 
 class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
@@ -106,19 +99,19 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         self.model.eval()
         try:
             grads = [self._gradient(params, chunk) for chunk in chunks]
-            population = _combine(grads, weights)
+            population = combine(grads, weights)
             observed = {}
             if norms_due:
-                norms = [_flat_norm(g) for g in grads]
-                pop_norm = _flat_norm(population)
+                norms = [norm(g) for g in grads]
+                pop_norm = norm(population)
                 pop_dir = [t / pop_norm for t in population]
-                h_pop = _combine([_fd_hvp(self._gradient(params, c, pop_dir, eps), g, eps)
+                h_pop = combine([_fd_hvp(self._gradient(params, c, pop_dir, eps), g, eps)
                                   for c, g in zip(chunks, grads)], weights)
                 estimates = [[h - q for h, q in zip(_fd_hvp(self._gradient(params, c, [t / n for t in g], eps), g, eps),
                                                      h_pop)] for c, g, n in zip(chunks, grads, norms)]
-                values = torch.stack([n - pop_norm for n in norms])
+                values = torch.tensor([n - pop_norm for n in norms], device=self.device)
                 observed[self.grad_norm] = self._violation(_surrogate(values, estimates, params), present)
-                misc["grad_norm"] = torch.stack(norms)
+                misc["grad_norm"] = torch.tensor(norms)
             if hessian_due:
                 eig, estimates = self._eigenvalues(params, chunks, grads, weights, present.tolist(), eps)
                 values = eig[:-1] - eig[-1]
@@ -154,30 +147,26 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             return lambda v: _fd_hvp(self._gradient(params, chunks[i], v, eps), grads[i], eps)
 
         def population_hvp(v):
-            return _combine([group_hvp(i)(v) for i in range(len(chunks))], weights)
+            return combine([group_hvp(i)(v) for i in range(len(chunks))], weights)
 
         values, estimates = [], []
-        for key, hvp, gradients in [*[(g, group_hvp(i), [grads[i]]) for i, g in enumerate(present)],
-                                    (-1, population_hvp, grads)]:
+        for key, hvp in [*[(g, group_hvp(i)) for i, g in enumerate(present)], (-1, population_hvp)]:
             v = self.eigenvectors.get(key)
             if v is None or any(a.shape != p.shape for a, p in zip(v, params)):
                 generator = torch.Generator().manual_seed(1000 + key)
                 v = [torch.randn(p.shape, generator=generator).to(p.device) for p in params]
-                v = [t / _flat_norm(v) for t in v]
-            for _ in range(self.params.hessian_iterations):
-                hv = hvp(v)
-                rayleigh = _flat_dot(v, hv)
-                v = [t / _flat_norm(hv) for t in hv]
+                v = [t / norm(v) for t in v]
+            eigenvalue, v = power_iteration(hvp, v, self.params.hessian_iterations)
             self.eigenvectors[key] = v
-            values.append(rayleigh)
+            values.append(eigenvalue)
             chunk_ids = [present.index(key)] if key >= 0 else range(len(chunks))
             chunk_weights = [1.0] if key >= 0 else weights
             second = [[(a - 2 * g + b) / eps ** 2 for a, g, b in zip(self._gradient(params, chunks[i], v, eps),
                                                                        grads[i],
                                                                        self._gradient(params, chunks[i], v, -eps))]
                       for i in chunk_ids]
-            estimates.append(_combine(second, chunk_weights))
-        return torch.stack(values), estimates
+            estimates.append(combine(second, chunk_weights))
+        return torch.tensor(values, device=self.device), estimates
 
 
 def _full_precision(logits: torch.Tensor) -> torch.Tensor:
@@ -187,10 +176,6 @@ def _full_precision(logits: torch.Tensor) -> torch.Tensor:
 
 def _fd_hvp(shifted_grad, grad, eps: float) -> list[torch.Tensor]:
     return [(a - b) / eps for a, b in zip(shifted_grad, grad)]
-
-
-def _combine(vectors: list[list[torch.Tensor]], weights: list[float]) -> list[torch.Tensor]:
-    return [sum(w * v[i] for w, v in zip(weights, vectors)) for i in range(len(vectors[0]))]
 
 
 def _surrogate(values: torch.Tensor, gradients: list[list[torch.Tensor]], params) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fairprune.fairness.vectors import combine, norm, power_iteration
 from fairprune.pruning.base import prunable_weights
 
 
@@ -50,23 +51,7 @@ class Subspace:
 
     def random_unit(self, generator: torch.Generator) -> list[torch.Tensor]:
         v = self.project([torch.randn(p.shape, generator=generator).to(p.device) for p in self.params])
-        return _scale(v, 1.0 / _norm(v))
-
-
-def _norm(tensors) -> float:
-    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors)))
-
-
-def _dot(a, b) -> float:
-    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
-
-
-def _scale(tensors, factor: float):
-    return [t * factor for t in tensors]
-
-
-def _add(a, b, factor: float = 1.0):
-    return [x + factor * y for x, y in zip(a, b)]
+        return [t / norm(v) for t in v]
 
 
 def gradient(model: nn.Module, space: Subspace, sample: GroupSample, batch_size: int) -> list[torch.Tensor]:
@@ -75,7 +60,7 @@ def gradient(model: nn.Module, space: Subspace, sample: GroupSample, batch_size:
     n = len(sample.targets)
     for x, y in sample.chunks(batch_size):
         loss = F.cross_entropy(model(x), y, reduction="sum") / n
-        total = _add(total, torch.autograd.grad(loss, space.params))
+        total = combine([total, torch.autograd.grad(loss, space.params)], [1.0, 1.0])
     return space.project(total)
 
 
@@ -88,22 +73,13 @@ def hessian_vector_product(model: nn.Module, space: Subspace, sample: GroupSampl
         loss = F.cross_entropy(model(x), y, reduction="sum") / n
         grads = torch.autograd.grad(loss, space.params, create_graph=True)
         inner = sum((g * v).sum() for g, v in zip(grads, vector))
-        total = _add(total, torch.autograd.grad(inner, space.params))
+        total = combine([total, torch.autograd.grad(inner, space.params)], [1.0, 1.0])
     return space.project(total)
 
 
 def top_eigenvalue(hvp, space: Subspace, iterations: int, seed: int) -> tuple[float, list[torch.Tensor]]:
-    """Power iteration: the eigenvalue of largest magnitude of the operator `hvp` and its vector."""
-    v = space.random_unit(torch.Generator().manual_seed(seed))
-    eigenvalue = 0.0
-    for _ in range(iterations):
-        hv = hvp(v)
-        eigenvalue = _dot(v, hv)
-        norm = _norm(hv)
-        if norm == 0.0:
-            break
-        v = _scale(hv, 1.0 / norm)
-    return eigenvalue, v
+    """Power iteration from a seeded random unit vector of the subspace."""
+    return power_iteration(hvp, space.random_unit(torch.Generator().manual_seed(seed)), iterations)
 
 
 @torch.no_grad()
@@ -137,7 +113,7 @@ def parameter_distance(model: nn.Module, dense: nn.Module) -> float:
     a, b = dict(model.named_parameters()), dict(dense.named_parameters())
     if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
         return float("nan")
-    return _norm([a[k].detach() - b[k].detach() for k in a])
+    return norm([a[k].detach() - b[k].detach() for k in a])
 
 
 def diagnose(model: nn.Module, samples: list[GroupSample], sizes: np.ndarray, *, iterations: int, seed: int,
@@ -153,23 +129,18 @@ def diagnose(model: nn.Module, samples: list[GroupSample], sizes: np.ndarray, *,
         if g in present:
             record.update(_outputs(model, sample, batch_size))
             grads[g] = gradient(model, space, sample, batch_size)
-            record["grad_norm"] = _norm(grads[g])
+            record["grad_norm"] = norm(grads[g])
             hvps[g] = lambda v, s=sample: hessian_vector_product(model, space, s, v, batch_size)
             record["hessian_top"], _ = top_eigenvalue(hvps[g], space, iterations, seed)
         groups.append(record)
 
-    population_grad = [torch.zeros_like(p) for p in space.params]
-    for g in present:
-        population_grad = _add(population_grad, grads[g], weights[g])
+    population_grad = combine([grads[g] for g in present], [weights[g] for g in present])
 
     def population_hvp(v):
-        total = [torch.zeros_like(p) for p in space.params]
-        for g in present:
-            total = _add(total, hvps[g](v), weights[g])
-        return total
+        return combine([hvps[g](v) for g in present], [weights[g] for g in present])
 
     population_top, _ = top_eigenvalue(population_hvp, space, iterations, seed)
-    return {"groups": groups, "population": {"grad_norm": _norm(population_grad), "hessian_top": population_top},
+    return {"groups": groups, "population": {"grad_norm": norm(population_grad), "hessian_top": population_top},
             "free_parameters": int(sum(p.numel() if m is None else int(m.sum())
                                        for p, m in zip(space.params, space.masks)))}
 
