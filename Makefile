@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run test test-slow bench clean-outputs
+.PHONY: install run tune test test-slow bench clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ endif
 	$(BIN)/fairprune-params check params.yaml
 	$(BIN)/python -m fairprune.tracking
 	$(BIN)/dvc repro
+
+# The Optuna study of params.yaml's `tune` section (after the data and dense models it needs);
+# WORKERS=N runs N worker processes on this machine against the same study.
+tune: install
+	$(BIN)/fairprune-params check params.yaml
+	$(BIN)/python -m fairprune.tracking
+	FAIRPRUNE_TUNE_WORKERS=$(WORKERS) $(BIN)/dvc repro tune
 
 test: install
 	$(BIN)/python -m pytest

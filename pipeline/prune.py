@@ -1,19 +1,17 @@
 """Stage `prune@<method>-<sparsity>-<seed>`: prune the dense model, fine-tune with the mask fixed,
 make the mask permanent and record the sparsity actually reached.
 
-`<method>+<arm>` runs one of Tran et al.'s mitigation arms: fair_bf prunes the mitigated dense
-model and fine-tunes plainly, fair_aft prunes the plain one and fine-tunes under the constraints,
-fair_both does both."""
+`<method>+<arm>` runs one of Tran et al.'s mitigation arms (see fairprune.pruning.finetune)."""
 import argparse
 
 from fairprune import artifacts, models, tracking, training
-from fairprune.config import MITIGATED_DENSE_ARMS, MITIGATED_FINETUNE_ARMS, split_arm
-from fairprune.errors import ParamsError
+from fairprune.config import split_arm
 from fairprune.data import load_prepared
 from fairprune.device import resolve, seed_everything
-from fairprune.pruning import PruneContext, get_method, make_permanent, measure_sparsity
+from fairprune.errors import ParamsError
+from fairprune.pruning import get_method, make_permanent
 from fairprune.pruning.cost import latency_ms, macs_per_image
-from fairprune.pruning.structured import count_params
+from fairprune.pruning.finetune import prune_and_finetune, size_of, start_checkpoint
 from fairprune.stage import run
 
 
@@ -21,51 +19,38 @@ def main(params, args, timer):
     if not 0.0 <= args.sparsity < 1.0:
         raise ParamsError("prune.sparsities", args.sparsity, "a fraction in [0, 1)")
     name, arm = split_arm(args.method)
-    method = get_method(name)
-    method.check(args.sparsity)
+    get_method(name).check(args.sparsity)  # before the data loads
     device = resolve(params.base.device)
     data = load_prepared(artifacts.PREPARED)
     seed_everything(args.seed)
-    start = artifacts.dense_model(args.seed, params.mitigation.variant if arm in MITIGATED_DENSE_ARMS else "plain")
-    mitigation = params.mitigation if arm in MITIGATED_FINETUNE_ARMS else None
-    model, dense_extra = models.load(start)
-    dense_params, dense_macs = count_params(model), macs_per_image(model, data.input_shape)
+    start = start_checkpoint(params, args.method, args.seed)
+    dense_macs = macs_per_image(models.load(start)[0], data.input_shape)
     key_name = artifacts.pruned_key(args.method, args.sparsity, args.seed)
     key = training.fingerprint("prune", key_name, params.finetune.model_dump(), params.prune.model_dump(),
                                params.mitigation.model_dump() if arm else None)
     checkpoint = artifacts.CHECKPOINT_DIR / f"prune-{key_name}.ckpt"
     previous = training.read_checkpoint(checkpoint, key)
     dvc_stage = f"prune@{args.method}-{artifacts.sparsity_label(args.sparsity)}-{args.seed}"
+    pruned_at = {}
     with tracking.stage_run(params.base, "prune", dvc_stage,
                             {"prune": params.prune.model_dump(), "finetune": params.finetune.model_dump(),
                              **({"mitigation": params.mitigation.model_dump()} if arm else {})},
                             run_id=previous and previous.get("mlflow_run_id"), method=args.method,
                             arm=arm or "no_mitigation",
                             sparsity=args.sparsity, seed=args.seed) as mlrun:
-        def retrain(net, epochs, desc):
-            opt = params.finetune.model_copy(update={"epochs": epochs})
-            return training.fit(net, data, opt, device, seed=args.seed, desc=desc)
-
-        ctx = PruneContext(data=data, device=device, seed=args.seed,
-                           exclude_output_layer=params.prune.exclude_output_layer,
-                           options={**params.prune.model_dump(exclude={"methods", "sparsities"}),
-                                    "finetune_epochs": params.finetune.epochs},
-                           retrain=retrain, rewind_state=dense_extra.get("rewind_state"), log=tracking.log_metrics)
-        model = method.prune(model, args.sparsity, ctx)
-        at_pruning = size_of(model, method, dense_params, params.prune.exclude_output_layer)
-        pruned_s = timer.seconds
-        history = training.fit(model, data, params.finetune, device, seed=args.seed, checkpoint=checkpoint,
-                               resume_key=key, log=tracking.log_metrics, desc=f"finetune {key_name}",
-                               extra_state={"mlflow_run_id": mlrun.info.run_id},
-                               before_epoch=lambda e: method.before_finetune_epoch(model, e, params.finetune.epochs),
-                               mitigation=mitigation)
+        result = prune_and_finetune(params, args.method, args.sparsity, args.seed, data, device,
+                                    log=tracking.log_metrics, checkpoint=checkpoint, resume_key=key,
+                                    extra_state={"mlflow_run_id": mlrun.info.run_id},
+                                    after_pruning=lambda: pruned_at.update(seconds=timer.seconds))
+        model, method, history = result.model, result.method, result.history
         make_permanent(model)
         macs = macs_per_image(model, data.input_shape)
         record = {"method": args.method, "arm": arm or "no_mitigation", "sparsity": args.sparsity, "seed": args.seed,
                   "structured": method.structured,
-                  **size_of(model, method, dense_params, params.prune.exclude_output_layer),
-                  "sparsity_after_pruning": at_pruning["sparsity_actual"], "params_dense": dense_params,
-                  "macs": macs, "macs_dense": dense_macs, "mac_reduction": dense_macs / macs, "prune_s": pruned_s,
+                  **size_of(model, method.structured, result.dense_params, params.prune.exclude_output_layer),
+                  "sparsity_after_pruning": result.at_pruning["sparsity_actual"],
+                  "params_dense": result.dense_params, "macs": macs, "macs_dense": dense_macs,
+                  "mac_reduction": dense_macs / macs, "prune_s": pruned_at["seconds"],
                   "final": history[-1] if history else {}}
         if method.structured:
             dense, _ = models.load(start)
@@ -80,14 +65,6 @@ def main(params, args, timer):
     checkpoint.unlink(missing_ok=True)
     print(f"{key_name}: sparsity {record['sparsity_actual']:.4f} ({record['params_nonzero']} nonzero of "
           f"{record['params_total']} parameters) in {timer.seconds:.1f}s")
-
-
-def size_of(model, method, dense_params: int, exclude_output_layer: bool) -> dict:
-    """Unstructured: fraction of zero weights in the prunable layers; structured: of parameters removed."""
-    size = measure_sparsity(model, exclude_output_layer)
-    if method.structured:
-        size["sparsity_actual"] = 1 - size["params_total"] / dense_params
-    return size
 
 
 if __name__ == "__main__":

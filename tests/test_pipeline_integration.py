@@ -17,6 +17,7 @@ TINY = {
     "prune": {"methods": ["magnitude", "magnitude+fair_both"], "sparsities": [0.5, 0.9]},
     "finetune": {"epochs": 1},
     "diagnose": {"per_group": 32, "iterations": 3},
+    "tune": {"trials": 2, "epochs": 1},
 }
 METHODS = ("magnitude", "magnitude+fair_both")
 COPY = ["pipeline", "src", "dvc.yaml", ".dvcignore", ".gitignore"]
@@ -79,6 +80,14 @@ def test_diagnostics_cover_every_group_and_bound_pruned_models(project):
         assert group["grad_norm"] > 0 and group["bound"] > 0 and group["bound_holds"] in (True, False)
 
 
+def test_tune_stage_writes_its_front_and_choice(project):
+    work, _ = project
+    result = json.loads((work / "reports" / "tune" / "pareto.json").read_text())
+    assert result["complete"] == 2 and result["pareto"]
+    assert (work / "tune" / "optuna.db").is_file()  # the study persists outside DVC's outputs
+    assert "chosen.yaml" in (work / "reports" / "tune" / "README.md").read_text()
+
+
 def test_eval_metrics_match_predictions(project):
     work, _ = project
     for path in sorted((work / "metrics" / "eval").glob("*.json")):
@@ -109,7 +118,8 @@ def test_nothing_to_do_after_repro_and_param_change_reruns_only_affected(project
         changed = set(json.loads(sh(["dvc", "status", "--json"], work, env)))
     finally:
         (work / "params.yaml").write_text(original)
-    assert changed == {f"prune@{m}-{s}-{seed}" for m in METHODS for s in ("0.5", "0.9") for seed in (0, 1)}
+    # tune fine-tunes too, with tune.epochs when set, but it depends on the whole finetune section.
+    assert changed == {f"prune@{m}-{s}-{seed}" for m in METHODS for s in ("0.5", "0.9") for seed in (0, 1)} | {"tune"}
 
 
 def test_mlflow_has_a_run_per_stage_with_group_metrics_and_reloadable_models(project):
@@ -127,7 +137,7 @@ def test_mlflow_has_a_run_per_stage_with_group_metrics_and_reloadable_models(pro
         if "mlflow.parentRunId" not in run.data.tags:
             by_stage.setdefault(run.data.tags["stage"], []).append(run)
     assert {k: len(v) for k, v in by_stage.items()} == {"prepare": 1, "train": 4, "prune": 8, "evaluate": 1,
-                                                        "diagnose": 1, "report": 1}
+                                                        "diagnose": 1, "report": 1, "tune": 1}
     for run in by_stage["prune"]:
         tags = run.data.tags
         assert tags["method"] in METHODS and tags["dvc_stage"].startswith(f"prune@{tags['method']}-")

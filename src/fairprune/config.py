@@ -237,6 +237,82 @@ class ReportParams(_Section):
     reference: Literal["tran_table2"] | None = None  # a paper's numbers to print next to ours
 
 
+TUNABLE_SECTIONS = ("finetune", "mitigation", "prune")  # what a trial may change without retraining the dense model
+FIXED_KEYS = ("prune.methods", "prune.sparsities")
+
+
+class SearchRange(_Section):
+    """One searched parameter: a float or integer range (log-uniform with `log`), or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: list[str | float | int | bool] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "SearchRange":
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either a non-empty `choices` list or `low` and `high`, not both")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("a range needs low < high (or a `choices` list)")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+def _default_search() -> dict[str, SearchRange]:
+    return {"mitigation.dual_lr": SearchRange(low=1e-4, high=0.3, log=True),
+            "mitigation.tolerance": SearchRange(low=0.0, high=0.05),
+            "finetune.lr": SearchRange(low=2e-3, high=5e-2, log=True)}
+
+
+class TuneParams(_Section):
+    """Optuna search over a fair method's fairness-related parameters (validation split only)."""
+
+    method: str = "magnitude+fair_aft"  # a method whose fine-tuning is fair (+fair_aft / +fair_both)
+    sparsity: float = Field(default=0.9, ge=0.0, lt=1.0)
+    seed: int = 0  # the dense model each trial starts from (one of base.seeds)
+    trials: int = Field(default=8, ge=1)  # in the whole study, over all workers and restarts
+    workers: int = Field(default=1, ge=1)  # processes on this machine; FAIRPRUNE_TUNE_WORKERS wins
+    study: str | None = None  # null: named from the method, sparsity and a hash of the search
+    storage: str | None = None  # null: sqlite at <project>/tune/optuna.db; FAIRPRUNE_TUNE_STORAGE wins
+    gap: Literal["accuracy_gap", "excess_loss_gap", "degradation_gap", "worst_excess_drop",
+                 "demographic_parity_gap", "equalized_odds_gap"] = "accuracy_gap"
+    gap_budget: float | None = Field(default=None, gt=0.0)  # hard constraint gap <= budget (trial.set_constraint)
+    max_accuracy_drop: float = Field(default=0.01, ge=0.0)  # choice rule without a budget (see README)
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    sampler_seed: int = 0
+    epochs: int | None = Field(default=None, ge=1)  # fine-tuning epochs per trial; null: finetune.epochs
+    heartbeat_s: int = Field(default=10, ge=1)  # a trial silent for grace_s is stale and retried
+    grace_s: int = Field(default=30, ge=2)
+    search: dict[str, SearchRange] = Field(default_factory=_default_search, min_length=1)
+
+    @field_validator("method")
+    @classmethod
+    def _fair_method(cls, value: str) -> str:
+        from fairprune.pruning import available_methods
+
+        name, arm = split_arm(value)
+        if name not in available_methods() or arm not in MITIGATED_FINETUNE_ARMS:
+            raise ParamsError("tune.method", value, "a pruning method with a fair fine-tuning arm, e.g. "
+                              f"magnitude+fair_aft; arms: {', '.join(MITIGATED_FINETUNE_ARMS)}")
+        return value
+
+    @field_validator("search")
+    @classmethod
+    def _tunable_keys(cls, search: dict[str, SearchRange]) -> dict[str, SearchRange]:
+        sections = {"finetune": FinetuneParams, "mitigation": MitigationParams, "prune": PruneParams}
+        for key in search:
+            section, _, name = key.partition(".")
+            if section not in TUNABLE_SECTIONS or name not in sections[section].model_fields or key in FIXED_KEYS:
+                raise ParamsError(f"tune.search.{key}", key, "a dotted key of a section a trial can change "
+                                  f"({', '.join(TUNABLE_SECTIONS)}), e.g. mitigation.dual_lr; not "
+                                  f"{' or '.join(FIXED_KEYS)}")
+        return search
+
+
 class Params(_Section):
     base: BaseParams = BaseParams()
     data: DataParams = DataParams()
@@ -248,6 +324,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     diagnose: DiagnoseParams = DiagnoseParams()
     report: ReportParams = ReportParams()
+    tune: TuneParams = TuneParams()
 
     @model_validator(mode="after")
     def _fair_dense_is_trained(self) -> "Params":
@@ -256,7 +333,30 @@ class Params(_Section):
             raise ParamsError("train.variants", self.train.variants,
                               f"a list including '{self.mitigation.variant}' (mitigation.variant): "
                               f"{needs[0]} prunes the mitigated dense model")
+        if self.tune.seed not in self.base.seeds:
+            raise ParamsError("tune.seed", self.tune.seed, f"one of base.seeds {self.base.seeds} (its dense model "
+                              f"is what every trial starts from)")
+        _check_search_values(self)
+        if split_arm(self.tune.method)[1] in MITIGATED_DENSE_ARMS and self.mitigation.variant not in self.train.variants:
+            raise ParamsError("train.variants", self.train.variants,
+                              f"a list including '{self.mitigation.variant}': tune.method {self.tune.method} "
+                              f"prunes the mitigated dense model")
         return self
+
+
+def _check_search_values(params: Params) -> None:
+    """Every end of a searched range and every choice must be a valid value of its key."""
+    for key, space in params.tune.search.items():
+        section, _, name = key.partition(".")
+        current = getattr(params, section)
+        candidates = space.choices if space.choices is not None else [space.low, space.high]
+        for value in candidates:
+            try:
+                type(current).model_validate({**current.model_dump(), name: value})
+            except ValidationError as exc:
+                raise ParamsError(f"tune.search.{key}", value, f"a value {key} accepts: {exc.errors()[0]['msg']}") from None
+            except ParamsError as exc:
+                raise ParamsError(f"tune.search.{key}", value, f"a value {key} accepts: {exc}") from None
 
 
 def _describe(error: dict[str, Any], section_fields: dict[str, list[str]]) -> ParamsError:

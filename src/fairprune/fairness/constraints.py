@@ -203,12 +203,16 @@ class ConstrainedStep:
         rollout = self.optimizer.roll(compute_cmp_state_kwargs={"x": x, "y": y, "groups": groups})
         self.step_index += 1
         if self.step_index % self.params.log_every == 0:
-            self.check_finite()
+            self.check_finite(rollout.loss)
             if self.log:
                 self.log(self.snapshot(rollout.cmp_state), self.step_index)
         return rollout.loss.detach(), rollout.cmp_state.misc["logits"]
 
-    def check_finite(self) -> None:
+    def check_finite(self, loss: torch.Tensor | None = None) -> None:
+        if loss is not None and not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {float(loss)} by step {self.step_index} of the constrained training; "
+                f"lower the learning rate, or mitigation.dual_lr (now {self.params.dual_lr})")
         for name, values in self.multipliers().items():
             if not torch.isfinite(values).all():
                 raise TrainingDiverged(

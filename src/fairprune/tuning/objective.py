@@ -1,0 +1,129 @@
+"""One trial: the searched values applied to params, prune + fine-tune from the dense checkpoint
+(never retrained), scored on the validation split: (accuracy, fairness gap)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+
+from fairprune import artifacts, config, models, tracking
+from fairprune.config import Params, SearchRange
+from fairprune.device import seed_everything
+from fairprune.errors import FairpruneError, TrainingDiverged
+from fairprune.evaluation import evaluate_split
+from fairprune.fairness import GroupStats, fairness_gaps
+from fairprune.pruning.finetune import prune_and_finetune
+from fairprune.tuning.study import FAIL_REASON, INTERRUPTED, SURPLUS, is_surplus
+
+
+def suggest(trial: optuna.Trial, search: dict[str, SearchRange]) -> dict[str, Any]:
+    values = {}
+    for key, space in search.items():
+        if space.choices is not None:
+            values[key] = trial.suggest_categorical(key, space.choices)
+        elif space.integer:
+            values[key] = trial.suggest_int(key, int(space.low), int(space.high), log=space.log)
+        else:
+            values[key] = trial.suggest_float(key, space.low, space.high, log=space.log)
+    return values
+
+
+def overrides_of(params: Params, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The searched values as a nested params override, with the trial's fine-tuning epochs."""
+    nested: dict[str, dict[str, Any]] = {}
+    if params.tune.epochs is not None:
+        nested["finetune"] = {"epochs": params.tune.epochs}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def with_overrides(params: Params, nested: dict[str, dict[str, Any]]) -> Params:
+    raw = params.model_dump()
+    for section, values in nested.items():
+        raw[section].update(values)
+    return config.validate(raw)
+
+
+@dataclass
+class Scores:
+    accuracy: float
+    gap: float
+    record: dict[str, float]  # every gap and per-group accuracy, flat for MLflow
+    train_s: float
+
+
+class TrialRunner:
+    """Everything a worker loads once (prepared data, the dense model's validation stats) and the
+    objective it hands to Optuna."""
+
+    def __init__(self, params: Params, device: torch.device, parent_run_id: str | None, experiment_id: str | None):
+        from fairprune.data import load_prepared
+
+        self.params, self.device = params, device
+        self.parent_run_id, self.experiment_id = parent_run_id, experiment_id
+        self.data = load_prepared(artifacts.PREPARED)
+        dense, _ = models.load(artifacts.dense_model(params.tune.seed))
+        self.dense_stats = {split: self._predict(dense, split).stats() for split in ("val", "test")}
+
+    def _predict(self, model, split: str):
+        return evaluate_split(model, self.data, split, self.params.evaluate.batch_size, self.device)
+
+    def score(self, params: Params, splits=("val",), log=None) -> dict[str, Scores]:
+        """Prune and fine-tune with `params`, then score each split against the dense model."""
+        tune = params.tune
+        seed_everything(tune.seed)
+        start = time.perf_counter()
+        result = prune_and_finetune(params, tune.method, tune.sparsity, tune.seed, self.data, self.device, log=log)
+        train_s = time.perf_counter() - start
+        scores = {}
+        for split in splits:
+            stats: GroupStats = self._predict(result.model, split).stats()
+            gaps = fairness_gaps(stats, self.dense_stats[split])
+            if tune.gap not in gaps:
+                raise FairpruneError(f"tune.gap = {tune.gap} needs a binary target; this data has "
+                                     f"{self.data.num_classes} classes; pick accuracy_gap or excess_loss_gap")
+            record = {f"{split}_accuracy": stats.overall_accuracy, f"{split}_loss": stats.overall_loss,
+                      **{f"{split}_{name}": value for name, value in gaps.items()},
+                      **{f"{split}_acc/{group}": float(acc) for group, acc in zip(self.data.group_names, stats.accuracy)}}
+            scores[split] = Scores(stats.overall_accuracy, gaps[tune.gap], record, train_s)
+        return scores
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        import mlflow
+
+        tune = self.params.tune
+        if is_surplus(trial.study, trial.number, tune.trials):
+            trial.set_user_attr(SURPLUS, True)
+            raise optuna.TrialPruned("surplus: other workers already took the trial budget")
+        values = suggest(trial, tune.search)
+        try:
+            trial_params = with_overrides(self.params, overrides_of(self.params, values))
+            with mlflow.start_run(run_name=f"trial-{trial.number}", experiment_id=self.experiment_id,
+                                  parent_run_id=self.parent_run_id, nested=self.parent_run_id is not None,
+                                  tags={"stage": "tune", "study": trial.study.study_name,
+                                        "trial": str(trial.number), "method": tune.method,
+                                        "sparsity": str(tune.sparsity)}) as run:
+                trial.set_user_attr("mlflow_run_id", run.info.run_id)
+                mlflow.log_params(values)
+                val = self.score(trial_params, ("val",), log=tracking.log_metrics)["val"]
+                if not (math.isfinite(val.accuracy) and math.isfinite(val.gap)):
+                    raise TrainingDiverged(f"validation accuracy {val.accuracy} / {tune.gap} {val.gap} is not finite")
+                tracking.log_metrics({**val.record, "train_s": val.train_s})
+        except FairpruneError as exc:
+            trial.set_user_attr(FAIL_REASON, str(exc))
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr(INTERRUPTED, True)
+            raise
+        if tune.gap_budget is not None:
+            trial.set_constraint("gap_budget", val.gap - tune.gap_budget)
+        for key, value in val.record.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("train_s", val.train_s)
+        return val.accuracy, val.gap

@@ -1,0 +1,224 @@
+"""The `tune` stage: a tiny Optuna study on the embedded default, its Pareto front and choice,
+resuming after a kill, several workers on SQLite and on a throwaway PostgreSQL."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from fairprune import config
+from fairprune.tuning.study import FAIL_REASON, INTERRUPTED, RETRY_OF
+from fairprune.tuning.summary import dominates
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "base": {"seeds": [0], "threads": 1},
+    "train": {"epochs": 2},
+    "finetune": {"epochs": 1},
+    "tune": {"trials": 4, "sampler": "random", "heartbeat_s": 1, "grace_s": 2},
+}
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def python(script: str, cwd: Path, *args: str, env: dict | None = None, check: bool = True, **kwargs):
+    cmd = [sys.executable, str(REPO / "pipeline" / script), *args]
+    result = subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                            timeout=300, **kwargs)
+    if check:
+        assert result.returncode == 0, f"{cmd}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A project folder with the prepared embedded data and one dense model."""
+    work = tmp_path_factory.mktemp("tune_base")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    python("prepare.py", work)
+    python("train.py", work, "--seed", "0", "--variant", "plain")
+    return work
+
+
+@pytest.fixture
+def project(trained, tmp_path) -> Path:
+    work = tmp_path / "project"
+    shutil.copytree(trained, work, ignore=shutil.ignore_patterns("tune", "reports", "mlflow.db", "mlruns"))
+    return work
+
+
+def set_tune(work: Path, **values) -> config.Params:
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["tune"].update(values)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return config.validate(params)
+
+
+def load_study(work: Path, url: str | None = None) -> optuna.Study:
+    url = url or f"sqlite:///{work / 'tune' / 'optuna.db'}"
+    names = optuna.get_all_study_names(url)
+    assert len(names) == 1, names
+    return optuna.load_study(study_name=names[0], storage=url)
+
+
+def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def test_tiny_study_gives_a_non_dominated_front_a_choice_and_mlflow_runs(project):
+    python("tune.py", project)
+    result = json.loads((project / "reports" / "tune" / "pareto.json").read_text())
+    assert result["complete"] == 4 and result["pareto"]
+    points = [(p["val_accuracy"], p["val_gap"]) for p in result["pareto"]]
+    assert not any(dominates(a, b) for a in points for b in points)
+    others = [(t["val_accuracy"], t["val_gap"]) for t in result["trials"] if "val_accuracy" in t]
+    assert all(any(dominates(p, o) or p == o for p in points) for o in others)  # the front covers every trial
+    chosen = result["chosen"]
+    assert chosen["number"] in {p["number"] for p in result["pareto"]}
+    assert 0 <= result["chosen_test"]["test_accuracy"] <= 1
+    assert result["chosen_test"]["val_accuracy"] == pytest.approx(chosen["val_accuracy"])  # the re-run reproduces
+    override = yaml.safe_load((project / "reports" / "tune" / "chosen.yaml").read_text())
+    assert override["mitigation"]["dual_lr"] == pytest.approx(chosen["params"]["mitigation.dual_lr"])
+    applied = config.apply_override(project / "params.yaml", project / "reports" / "tune" / "chosen.yaml")
+    assert float(applied["finetune"]["lr"]) == pytest.approx(chosen["params"]["finetune.lr"])
+    assert (project / "reports" / "tune" / "pareto.png").stat().st_size > 0
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fairprune")
+    parent = client.search_runs([experiment.experiment_id], "tags.stage = 'tune' and tags.dvc_stage = 'tune'")
+    assert len(parent) == 1
+    children = client.search_runs([experiment.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
+    assert len(children) == 4
+    assert all("val_accuracy" in run.data.metrics and "val_acc/9" in run.data.metrics for run in children)
+    assert "chosen/test_accuracy" in parent[0].data.metrics
+
+
+def test_failed_trials_are_recorded_with_their_reason_and_the_study_goes_on(project):
+    set_tune(project, trials=3, search={"finetune.lr": {"choices": [1.0e6]}})
+    python("tune.py", project)
+    study = load_study(project)
+    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    assert len(failed) == 3
+    assert all("training loss became nan" in t.user_attrs[FAIL_REASON] for t in failed)
+    result = json.loads((project / "reports" / "tune" / "pareto.json").read_text())
+    assert result["failed"] == 3 and result["chosen"] is None
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "terminated"])
+def test_an_interrupted_study_resumes_without_losing_or_repeating_trials(project, how):
+    set_tune(project, trials=5, epochs=3)
+    worker = subprocess.Popen([sys.executable, str(REPO / "pipeline" / "tune.py"), "--worker", "0"], cwd=project,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = project / "tune" / "optuna.db"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            time.sleep(0.1)
+            if not db.exists() or not optuna.get_all_study_names(f"sqlite:///{db}"):
+                continue
+            states = [t.state for t in load_study(project).get_trials(deepcopy=False)]
+            if optuna.trial.TrialState.COMPLETE in states and states[-1] == optuna.trial.TrialState.RUNNING:
+                break
+        else:
+            pytest.fail("the worker never got one trial done and a second one running")
+        before = {t.number: (t.params, t.values) for t in completed(load_study(project))}
+        worker.send_signal(how)
+        worker.wait(timeout=60)
+    finally:
+        worker.kill()
+    if how == signal.SIGKILL:
+        time.sleep(3)  # past grace_s: the killed trial's heartbeat is stale
+    python("tune.py", project)
+
+    study = load_study(project)
+    done = completed(study)
+    assert len(done) == 5
+    assert {t.number: (t.params, t.values) for t in done if t.number in before} == before  # kept as they were
+    interrupted = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL]
+    assert len(interrupted) == 1 and FAIL_REASON not in interrupted[0].user_attrs
+    retry = [t for t in done if t.user_attrs.get(RETRY_OF) == interrupted[0].number
+             or t.system_attrs.get("failed_trial") == interrupted[0].number]
+    assert len(retry) == 1 and retry[0].params == interrupted[0].params  # the lost trial, redone once
+    if how == signal.SIGTERM:
+        assert interrupted[0].user_attrs.get(INTERRUPTED)
+
+
+def assert_budget_shared(study: optuna.Study, trials: int) -> None:
+    done = completed(study)
+    assert len(done) == trials
+    assert len({tuple(sorted(t.params.items())) for t in done}) == trials  # no trial ran twice
+    workers_seen = {t.user_attrs.get("mlflow_run_id") for t in done}
+    assert len(workers_seen) == trials
+
+
+def test_two_workers_on_one_sqlite_file_share_the_budget(project):
+    set_tune(project, trials=6)
+    out = python("tune.py", project, env={"FAIRPRUNE_TUNE_WORKERS": "2"}).stdout
+    assert "worker 0: ran" in out and "worker 1: ran" in out
+    ran = [int(line.split("ran ")[1].split()[0]) for line in out.splitlines() if line.startswith("worker ")]
+    assert sum(ran) >= 6 and all(r > 0 for r in ran)
+    assert_budget_shared(load_study(project), 6)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL server on a loopback port (Debian's server binaries, `initdb` in tmp)."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN}")
+    run_as = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser to drop to the postgres user")
+        try:
+            import pwd
+
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    # Not under pytest's tmp_path: its parents are private to root, and the server runs as postgres.
+    home = Path(tempfile.mkdtemp(prefix="fairprune-pg-"))
+    home.chmod(0o755)
+    data = home / "pg"
+    data.mkdir()
+    if run_as:
+        shutil.chown(data, "postgres")
+    subprocess.run([*run_as, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    port = free_port()
+    subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_two_workers_on_postgresql_share_the_budget(project, postgres):
+    set_tune(project, trials=4)
+    python("tune.py", project, env={"FAIRPRUNE_TUNE_WORKERS": "2", "FAIRPRUNE_TUNE_STORAGE": postgres})
+    assert_budget_shared(load_study(project, postgres), 4)
+    assert not (project / "tune" / "optuna.db").exists()
+    assert "postgresql" in json.loads((project / "reports" / "tune" / "pareto.json").read_text())["storage"]
