@@ -59,13 +59,17 @@ def run_worker(params, study, worker: int, workers: int, device, runner=None) ->
     return runner
 
 
-def spawn_workers(args, workers: int) -> None:
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(k), "--of", str(workers),
-                               "--params", args.params]) for k in range(workers)]
+def spawn_workers(args, workers: int) -> list[subprocess.Popen]:
+    """Workers 1..W-1 as child processes; this process is worker 0."""
+    return [subprocess.Popen([sys.executable, __file__, "--worker", str(k), "--of", str(workers),
+                              "--params", args.params]) for k in range(1, workers)]
+
+
+def wait_for(procs: list[subprocess.Popen]) -> None:
     codes = [p.wait() for p in procs]
-    failed = [k for k, code in enumerate(codes) if code != 0]
+    failed = [k + 1 for k, code in enumerate(codes) if code != 0]
     if failed:
-        raise FairpruneError(f"tuning worker(s) {failed} exited with codes {[codes[k] for k in failed]}; rerun "
+        raise FairpruneError(f"tuning worker(s) {failed} exited with codes {[codes[k - 1] for k in failed]}; rerun "
                              f"`python pipeline/tune.py` to resume the study where it stopped")
 
 
@@ -92,12 +96,15 @@ def main(params, args, timer):
                             run_id=study.user_attrs.get(PARENT_RUN), study=study.study_name, method=tune.method,
                             sparsity=tune.sparsity, seed=tune.seed) as parent:
         study.set_user_attr(PARENT_RUN, parent.info.run_id)
-        runner = None
-        if workers == 1:
-            runner = run_worker(params, study, 0, 1, device)
-        else:
-            spawn_workers(args, workers)
-        summarise(params, study, url, runner or TrialRunner(params, device, parent.info.run_id, None))
+        others = spawn_workers(args, workers)
+        try:
+            runner = run_worker(params, study, 0, workers, device)
+        except BaseException:
+            for proc in others:  # their running trials are marked interrupted and re-enqueued next time
+                proc.terminate()
+            raise
+        wait_for(others)
+        summarise(params, study, url, runner)
     print(f"tuning done in {timer.seconds:.1f}s: {OUT}/README.md")
 
 

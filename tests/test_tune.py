@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from fairprune import config
-from fairprune.tuning.study import FAIL_REASON, INTERRUPTED, RETRY_OF
+from fairprune.tuning.study import FAIL_REASON, INTERRUPTED, RETRY_OF, open_study
 from fairprune.tuning.summary import dominates
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,16 +120,16 @@ def test_failed_trials_are_recorded_with_their_reason_and_the_study_goes_on(proj
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "terminated"])
 def test_an_interrupted_study_resumes_without_losing_or_repeating_trials(project, how):
-    set_tune(project, trials=5, epochs=3)
+    params = set_tune(project, trials=5, epochs=8)  # trials of about a second: the signal lands inside one
+    db = project / "tune" / "optuna.db"
+    db.parent.mkdir()
+    open_study(params, f"sqlite:///{db}")  # the schema exists before this test polls it
     worker = subprocess.Popen([sys.executable, str(REPO / "pipeline" / "tune.py"), "--worker", "0"], cwd=project,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = project / "tune" / "optuna.db"
     deadline = time.time() + 120
     try:
         while time.time() < deadline:
             time.sleep(0.1)
-            if not db.exists() or not optuna.get_all_study_names(f"sqlite:///{db}"):
-                continue
             states = [t.state for t in load_study(project).get_trials(deepcopy=False)]
             if optuna.trial.TrialState.COMPLETE in states and states[-1] == optuna.trial.TrialState.RUNNING:
                 break
@@ -148,8 +148,10 @@ def test_an_interrupted_study_resumes_without_losing_or_repeating_trials(project
     done = completed(study)
     assert len(done) == 5
     assert {t.number: (t.params, t.values) for t in done if t.number in before} == before  # kept as they were
-    interrupted = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL]
-    assert len(interrupted) == 1 and FAIL_REASON not in interrupted[0].user_attrs
+    trials = study.get_trials(deepcopy=False)
+    interrupted = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(interrupted) == 1, [(t.number, t.state.name, t.user_attrs, t.system_attrs) for t in trials]
+    assert FAIL_REASON not in interrupted[0].user_attrs
     retry = [t for t in done if t.user_attrs.get(RETRY_OF) == interrupted[0].number
              or t.system_attrs.get("failed_trial") == interrupted[0].number]
     assert len(retry) == 1 and retry[0].params == interrupted[0].params  # the lost trial, redone once

@@ -14,6 +14,7 @@ restarts, and no trial is lost or repeated:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+from filelock import FileLock
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -88,12 +90,16 @@ def make_sampler(params: Params, worker: int) -> optuna.samplers.BaseSampler:
 
 
 def open_study(params: Params, url: str, worker: int = 0) -> optuna.Study:
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=params.tune.heartbeat_s,
-                         grace_period=params.tune.grace_s,
-                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-    return optuna.create_study(study_name=study_name(params), storage=storage, directions=list(DIRECTIONS),
-                               sampler=make_sampler(params, worker), load_if_exists=True)
+    sqlite = url.startswith("sqlite:///")
+    engine = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
+    # Two processes creating a fresh SQLite schema at once collide ("table already exists").
+    lock = FileLock(url.removeprefix("sqlite:///") + ".lock") if sqlite else contextlib.nullcontext()
+    with lock:
+        storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=params.tune.heartbeat_s,
+                             grace_period=params.tune.grace_s,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        return optuna.create_study(study_name=study_name(params), storage=storage, directions=list(DIRECTIONS),
+                                   sampler=make_sampler(params, worker), load_if_exists=True)
 
 
 def counted(trial: FrozenTrial) -> bool:
