@@ -29,10 +29,16 @@ TINY = {
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
+def clean_env(extra: dict | None = None) -> dict:
+    """The environment for a stage, without the MLflow URI an in-process test may have exported
+    (mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI), so the stage logs into its own project."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, **(extra or {})}
+
+
 def python(script: str, cwd: Path, *args: str, env: dict | None = None, check: bool = True, **kwargs):
     cmd = [sys.executable, str(REPO / "pipeline" / script), *args]
-    result = subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                            timeout=300, **kwargs)
+    result = subprocess.run(cmd, cwd=cwd, env=clean_env(env), capture_output=True, text=True, timeout=300, **kwargs)
     if check:
         assert result.returncode == 0, f"{cmd}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     return result
@@ -125,7 +131,7 @@ def test_an_interrupted_study_resumes_without_losing_or_repeating_trials(project
     db.parent.mkdir()
     open_study(params, f"sqlite:///{db}")  # the schema exists before this test polls it
     worker = subprocess.Popen([sys.executable, str(REPO / "pipeline" / "tune.py"), "--worker", "0"], cwd=project,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     try:
         while time.time() < deadline:
@@ -168,7 +174,8 @@ def assert_budget_shared(study: optuna.Study, trials: int) -> None:
 
 
 def test_two_workers_on_one_sqlite_file_share_the_budget(project):
-    set_tune(project, trials=6)
+    # Trials of a few seconds, so the second worker's start-up (imports, data) ends well before the study.
+    set_tune(project, trials=6, epochs=20)
     out = python("tune.py", project, env={"FAIRPRUNE_TUNE_WORKERS": "2"}).stdout
     assert "worker 0: ran" in out and "worker 1: ran" in out
     ran = [int(line.split("ran ")[1].split()[0]) for line in out.splitlines() if line.startswith("worker ")]
