@@ -148,7 +148,9 @@ def summarise(params, study, url, runner: TrialRunner) -> None:
         record["chosen_test"] = scored_once(study, f"{TEST_RESULT}:{chosen.number}", runner,
                                             with_overrides(params, nested), f"the chosen trial {chosen.number}")
         tracking.log_metrics({f"chosen/{k}": v for k, v in record["chosen_test"].items()})
-        record["default_test"] = scored_once(study, f"{TEST_RESULT}:default", runner, params,
+        # Same fine-tuning budget as the trials (tune.epochs), only the searched values untouched.
+        record["default_test"] = scored_once(study, f"{TEST_RESULT}:default", runner,
+                                             with_overrides(params, overrides_of(params, {})),
                                              "the untuned params.yaml values")
         tracking.log_metrics({f"default/{k}": v for k, v in record["default_test"].items()})
     else:

@@ -45,7 +45,7 @@ def overrides_of(params: Params, values: dict[str, Any]) -> dict[str, dict[str, 
 
 def with_overrides(params: Params, nested: dict[str, dict[str, Any]]) -> Params:
     raw = params.model_dump()
-    for section, values in nested.items():
+    for section, values in nested.items():  # overrides are always section -> key, one level deep
         raw[section].update(values)
     return config.validate(raw)
 
@@ -68,8 +68,8 @@ class TrialRunner:
         self.params, self.device = params, device
         self.parent_run_id, self.experiment_id = parent_run_id, experiment_id
         self.data = load_prepared(artifacts.PREPARED)
-        dense, _ = models.load(artifacts.dense_model(params.tune.seed))
-        self.dense_stats = {split: self._predict(dense, split).stats() for split in ("val", "test")}
+        self.dense, _ = models.load(artifacts.dense_model(params.tune.seed))
+        self.dense_stats: dict[str, GroupStats] = {}  # per split, on first use (test only for the summary)
 
     def _predict(self, model, split: str):
         return evaluate_split(model, self.data, split, self.params.evaluate.batch_size, self.device)
@@ -84,6 +84,8 @@ class TrialRunner:
         scores = {}
         for split in splits:
             stats: GroupStats = self._predict(result.model, split).stats()
+            if split not in self.dense_stats:
+                self.dense_stats[split] = self._predict(self.dense, split).stats()
             gaps = fairness_gaps(stats, self.dense_stats[split])
             if tune.gap not in gaps:
                 raise FairpruneError(f"tune.gap = {tune.gap} needs a binary target; this data has "

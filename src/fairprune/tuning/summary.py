@@ -89,7 +89,7 @@ def markdown_page(summary: dict) -> str:
              f"interrupted/stale and retried. Objectives on the validation split: maximise accuracy, "
              f"minimise {summary['gap']}.", "", "![Pareto front](pareto.png)", "", "## Pareto front", ""]
     rows = [{"trial": r["number"], "val accuracy": r["val_accuracy"], f"val {summary['gap']}": r["val_gap"],
-             **{k: v for k, v in r["params"].items()}} for r in summary["pareto"]]
+             **r["params"]} for r in summary["pareto"]]
     lines.append(markdown_table(pd.DataFrame(rows), ".4g") if rows else "(empty: no feasible trial)")
     lines += ["", "## Chosen", "", f"Rule: {summary['rule']}.", ""]
     if chosen:
