@@ -173,7 +173,6 @@ class MitigationParams(_Section):
     grad_norm_every: int = Field(default=1, ge=1)  # full only: steps between gradient-norm constraints
     hessian_every: int = Field(default=10, ge=1)  # full only: steps between Hessian-eigenvalue constraints
     hessian_iterations: int = Field(default=3, ge=1)  # warm-started power steps per refresh
-    fd_step: float = Field(default=0.1, gt=0.0)  # full only: finite-difference step (parameter-space units)
     log_every: int = Field(default=10, ge=1)  # steps between MLflow records of multipliers and violations
 
 

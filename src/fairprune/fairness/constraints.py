@@ -7,20 +7,20 @@ Every constraint family has one Lagrange multiplier per group (cooper's IndexedM
 mini-batch that misses a group leaves that group's multiplier untouched), updated by dual ascent
 before each primal step (cooper's AlternatingDualPrimalOptimizer).
 
-How the full version stays affordable: only first-order backward passes, no double backward.
-- Per-group gradients g_a come from one pass over the batch split by group (BatchNorm in eval
-  mode, so the extra passes leave its running statistics alone); the population gradient is
-  their size-weighted sum, g = sum_a (n_a / n) g_a.
-- The primal gradient of ||g_a|| - ||g|| is H_a g_a/||g_a|| - H g/||g||, each Hessian-vector
-  product a forward difference of gradients, (grad J_a(theta + eps d) - g_a) / eps.
-- lambda(H_a) is the Rayleigh quotient at a warm-started power-iteration vector v_a (finite-
-  difference Hessian-vector products); its gradient, v^T (dH_a) v by Danskin's theorem, is the
-  second difference (grad J_a(theta + eps v) - 2 g_a + grad J_a(theta - eps v)) / eps^2. These
-  terms are refreshed every `hessian_every` steps; in between the Hessian constraints are not
-  observed (their multipliers keep their values). `grad_norm_every` does the same for the
-  gradient-norm constraints (1 = every step, as in the paper).
-- Each measured violation enters cooper as value + <theta - theta.detach(), gradient estimate>,
-  whose value is the violation and whose gradient is the estimate.
+How the full version is computed (exact autograd; METHODS.md section 3):
+- Per-group gradients g_a come from one pass over the batch split by group, kept differentiable
+  (create_graph); BatchNorm is in eval mode there, so these passes leave its running statistics
+  alone. The population gradient is their size-weighted sum, g = sum_a (n_a / n) g_a, so it
+  needs no pass of its own. The gradient of ||g_a|| - ||g|| is then a double backward.
+- lambda(H_a) is the Rayleigh quotient v_a^T H_a v_a at a warm-started power-iteration vector v_a
+  (Hessian-vector products by double backward). By Danskin's theorem its gradient is v^T (dH_a) v,
+  a third-order backward through the quotient. These terms are refreshed every `hessian_every`
+  steps; in between the Hessian constraints are not observed (their multipliers keep their
+  values). `grad_norm_every` does the same for the gradient-norm constraints (1 = every step,
+  as in the paper).
+An earlier version replaced these derivatives by finite differences of first-order gradients;
+on ReLU networks the estimates were unusable (cosine 0.4 with the true Hessian-vector product)
+and the full mitigation collapsed, so the exact derivatives are back.
 A positive `tolerance` turns each equality into |violation| <= tolerance.
 """
 from __future__ import annotations
@@ -72,18 +72,15 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
     def compute_cmp_state(self, x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> cooper.CMPState:
         counts = torch.bincount(groups, minlength=self.num_groups)
         present = torch.nonzero(counts).flatten()
-        misc = {"present": present}
-        observed = {}
-        if "grad_norm" in self.kinds:
-            # Before the main forward: the finite differences move the weights in place.
-            observed.update(self._second_order_constraints(x, y, groups, counts, present, misc))
         with autocast(self.device):
             logits = self.model(x)
         per_sample = F.cross_entropy(_full_precision(logits), y, reduction="none")
         loss = per_sample.mean()
         group_loss, _ = group_means(per_sample, groups, self.num_groups)
-        observed = {self.loss: self._violation(group_loss[present] - loss, present), **observed}
-        misc.update(logits=logits.detach(), group_loss=group_loss.detach())
+        observed = {self.loss: self._violation(group_loss[present] - loss, present)}
+        misc = {"present": present, "logits": logits.detach(), "group_loss": group_loss.detach()}
+        if "grad_norm" in self.kinds:
+            observed.update(self._second_order_constraints(x, y, groups, counts, present, misc))
         self.step_count += 1
         return cooper.CMPState(loss=loss, observed_constraints=observed, misc=misc)
 
@@ -92,81 +89,49 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         if not (norms_due or hessian_due):
             return {}
         params = [p for p in self.model.parameters() if p.requires_grad]
-        chunks = [(x[groups == g], y[groups == g]) for g in present.tolist()]
-        weights = (counts[present] / counts.sum()).tolist()
-        eps = self.params.fd_step
         was_training = self.model.training
         self.model.eval()
         try:
-            grads = [self._gradient(params, chunk) for chunk in chunks]
-            population = combine(grads, weights)
-            observed = {}
-            if norms_due:
-                norms = [norm(g) for g in grads]
-                pop_norm = norm(population)
-                pop_dir = [t / pop_norm for t in population]
-                h_pop = combine([_fd_hvp(self._gradient(params, c, pop_dir, eps), g, eps)
-                                  for c, g in zip(chunks, grads)], weights)
-                estimates = [[h - q for h, q in zip(_fd_hvp(self._gradient(params, c, [t / n for t in g], eps), g, eps),
-                                                     h_pop)] for c, g, n in zip(chunks, grads, norms)]
-                values = torch.tensor([n - pop_norm for n in norms], device=self.device)
-                observed[self.grad_norm] = self._violation(_surrogate(values, estimates, params), present)
-                misc["grad_norm"] = torch.tensor(norms)
-            if hessian_due:
-                eig, estimates = self._eigenvalues(params, chunks, grads, weights, present.tolist(), eps)
-                values = eig[:-1] - eig[-1]
-                gaps = [[a - b for a, b in zip(e, estimates[-1])] for e in estimates[:-1]]
-                observed[self.hessian] = self._violation(_surrogate(values, gaps, params), present)
-                misc["hessian_top"] = eig
+            grads = [self._group_gradient(params, x[groups == g], y[groups == g]) for g in present.tolist()]
         finally:
             self.model.train(was_training)
+        population = combine(grads, (counts[present] / counts.sum()).tolist())
+        observed = {}
+        if norms_due:
+            norms = torch.stack([_length(g) for g in grads])
+            observed[self.grad_norm] = self._violation(norms - _length(population), present)
+            misc["grad_norm"] = norms.detach().cpu()
+        if hessian_due:
+            eig = self._eigenvalues(params, [*grads, population], [*present.tolist(), -1])
+            observed[self.hessian] = self._violation(eig[:-1] - eig[-1], present)
+            misc["hessian_top"] = eig.detach().cpu()
         return observed
 
-    def _gradient(self, params, chunk, direction=None, eps: float = 0.0) -> list[torch.Tensor]:
-        """grad of the chunk's mean loss at theta + eps * direction (first order, no graph kept)."""
-        saved = [p.detach().clone() for p in params] if direction is not None else None
-        if direction is not None:
-            with torch.no_grad():
-                for p, d in zip(params, direction):
-                    p.add_(d, alpha=eps)
-        try:
-            with autocast(self.device):
-                logits = self.model(chunk[0])
-            loss = F.cross_entropy(_full_precision(logits), chunk[1])
-            return [g.detach() for g in torch.autograd.grad(loss, params)]
-        finally:
-            if saved is not None:
-                with torch.no_grad():
-                    for p, original in zip(params, saved):
-                        p.copy_(original)
+    def _group_gradient(self, params, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        with autocast(self.device):
+            logits = self.model(x)
+        loss = F.cross_entropy(_full_precision(logits), y)
+        return list(torch.autograd.grad(loss, params, create_graph=True))
 
-    def _eigenvalues(self, params, chunks, grads, weights, present: list[int], eps: float):
-        """Top Hessian eigenvalue per present group and of the population (last), by warm-started power
-        iteration on finite-difference Hessian-vector products, with each eigenvalue's gradient."""
-        def group_hvp(i):
-            return lambda v: _fd_hvp(self._gradient(params, chunks[i], v, eps), grads[i], eps)
-
-        def population_hvp(v):
-            return combine([group_hvp(i)(v) for i in range(len(chunks))], weights)
-
-        values, estimates = [], []
-        for key, hvp in [*[(g, group_hvp(i)) for i, g in enumerate(present)], (-1, population_hvp)]:
+    def _eigenvalues(self, params, grads: list[list[torch.Tensor]], keys: list[int]) -> torch.Tensor:
+        """Differentiable Rayleigh quotients v^T H v, one per gradient (group keys, -1 the population),
+        at vectors refined by warm-started power iteration."""
+        quotients = []
+        for key, grad in zip(keys, grads):
             v = self.eigenvectors.get(key)
             if v is None or any(a.shape != p.shape for a, p in zip(v, params)):
                 generator = torch.Generator().manual_seed(1000 + key)
                 v = [torch.randn(p.shape, generator=generator).to(p.device) for p in params]
                 v = [t / norm(v) for t in v]
-            eigenvalue, v = power_iteration(hvp, v, self.params.hessian_iterations)
+
+            def hvp(u, grad=grad):
+                return [h.detach() for h in torch.autograd.grad(_inner(grad, u), params, retain_graph=True)]
+
+            _, v = power_iteration(hvp, v, self.params.hessian_iterations)
             self.eigenvectors[key] = v
-            values.append(eigenvalue)
-            chunk_ids = [present.index(key)] if key >= 0 else range(len(chunks))
-            chunk_weights = [1.0] if key >= 0 else weights
-            second = [[(a - 2 * g + b) / eps ** 2 for a, g, b in zip(self._gradient(params, chunks[i], v, eps),
-                                                                       grads[i],
-                                                                       self._gradient(params, chunks[i], v, -eps))]
-                      for i in chunk_ids]
-            estimates.append(combine(second, chunk_weights))
-        return torch.tensor(values, device=self.device), estimates
+            hv = torch.autograd.grad(_inner(grad, v), params, create_graph=True)
+            quotients.append(_inner(v, hv))
+        return torch.stack(quotients)
 
 
 def _full_precision(logits: torch.Tensor) -> torch.Tensor:
@@ -174,14 +139,13 @@ def _full_precision(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
-def _fd_hvp(shifted_grad, grad, eps: float) -> list[torch.Tensor]:
-    return [(a - b) / eps for a, b in zip(shifted_grad, grad)]
+def _inner(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b))
 
 
-def _surrogate(values: torch.Tensor, gradients: list[list[torch.Tensor]], params) -> torch.Tensor:
-    """Values that carry the given gradient estimates: value + <theta - theta.detach(), gradient>."""
-    return torch.stack([value + sum(((p - p.detach()) * g).sum() for p, g in zip(params, grad))
-                        for value, grad in zip(values.detach(), gradients)])
+def _length(v: list[torch.Tensor]) -> torch.Tensor:
+    """Differentiable Euclidean norm of a parameter-shaped vector."""
+    return torch.sqrt(_inner(v, v) + 1e-12)
 
 
 class ConstrainedStep:
