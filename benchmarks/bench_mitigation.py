@@ -7,6 +7,7 @@ terms refreshed every `--hessian-every` steps, as in the defaults (`--refresh-ev
 un-amortised step).
 
     python benchmarks/bench_mitigation.py [--arch small_cnn] [--size 32] [--groups 5] [--batch 128]
+                                          [--device cpu|cuda]
 """
 import argparse
 import statistics
@@ -40,16 +41,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of `hessian-every` steps per kind")
     parser.add_argument("--refresh-every-step", action="store_true",
                         help="also time a full step whose Hessian terms are refreshed on every step (slow)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast, as in training)")
     args = parser.parse_args()
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.batch, args.channels, args.size, args.size, generator=g)
-    y = torch.randint(0, args.classes, (args.batch,), generator=g)
-    a = torch.randint(0, args.groups, (args.batch,), generator=g)
+    x = torch.rand(args.batch, args.channels, args.size, args.size, generator=g).to(device)
+    y = torch.randint(0, args.classes, (args.batch,), generator=g).to(device)
+    a = torch.randint(0, args.groups, (args.batch,), generator=g).to(device)
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     def make(kind):
         torch.manual_seed(0)
-        model = models.build(args.arch, Shapes(args.channels, args.size, args.classes)).train()
+        model = models.build(args.arch, Shapes(args.channels, args.size, args.classes)).to(device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         if kind == "plain":
             return PlainStep(model, optimizer, device)
@@ -65,13 +71,15 @@ def main() -> None:
     timings = {k: [] for k in kinds}
     for _ in range(args.rounds):
         for kind in kinds:
+            synchronize()
             start = time.perf_counter()
             for _ in range(args.hessian_every):
                 steps[kind](x, y, a)
+            synchronize()
             timings[kind].append((time.perf_counter() - start) / args.hessian_every)
     median = {k: statistics.median(v) for k, v in timings.items()}
     print(f"{args.arch} {args.channels}x{args.size}x{args.size}, batch {args.batch}, {args.groups} groups, "
-          f"{torch.get_num_threads()} threads; median of {args.rounds} rounds of {args.hessian_every} steps")
+          f"{args.device} ({torch.get_num_threads()} threads); median of {args.rounds} rounds of {args.hessian_every} steps")
     for kind in kinds:
         print(f"{kind:36s} {median[kind] * 1000:8.1f} ms/step")
     print(f"relaxed / plain                      {median['relaxed'] / median['plain']:8.2f}x   (target <= 1.15x)")

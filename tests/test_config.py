@@ -51,6 +51,16 @@ def test_group_attribute_must_exist():
     assert err.key == "data.target" and "race" in err.allowed
 
 
+def test_full_mitigation_refuses_batchnorm_models():
+    err = error_for({"model": {"arch": "resnet18"}, "train": {"variants": ["plain", "full"]}})
+    assert err.key == "model.arch" and "small_cnn" in err.allowed and "relaxed" in err.allowed
+    err = error_for({"model": {"arch": "resnet18"}, "mitigation": {"variant": "full"},
+                     "prune": {"methods": ["magnitude+fair_aft"]}})
+    assert err.key == "model.arch"
+    config.validate({"model": {"arch": "resnet18"}, "train": {"variants": ["plain", "relaxed"]},
+                     "prune": {"methods": ["magnitude+fair_both"]}})
+
+
 def test_root_required_for_file_datasets():
     err = error_for({"data": {"dataset": "utkface"}})
     assert err.key == "data.root" and "UTKFace.tar.gz" in err.allowed

@@ -127,6 +127,9 @@ class ModelParams(_Section):
     arch: Literal["small_cnn", "resnet10", "resnet18", "mobilenet_v2"] = "small_cnn"
 
 
+BATCHNORM_ARCHS = ("resnet10", "resnet18", "mobilenet_v2")
+
+
 class OptimParams(_Section):
     epochs: int = Field(default=30, ge=0)
     batch_size: int = Field(default=64, ge=1)
@@ -336,6 +339,13 @@ class Params(_Section):
             raise ParamsError("tune.seed", self.tune.seed, f"one of base.seeds {self.base.seeds} (its dense model "
                               f"is what every trial starts from)")
         _check_search_values(self)
+        fair_arms = [split_arm(m)[1] for m in [*self.prune.methods, self.tune.method]]
+        uses_full = "full" in self.train.variants or (self.mitigation.variant == "full" and any(fair_arms))
+        if uses_full and self.model.arch in BATCHNORM_ARCHS:
+            raise ParamsError("model.arch", self.model.arch,
+                              "a model without BatchNorm (small_cnn) for the full mitigation: its Hessian-eigenvalue "
+                              "constraints need third-order derivatives, which PyTorch's BatchNorm does not have; "
+                              "or keep this model and use the relaxed variant (train.variants, mitigation.variant)")
         if split_arm(self.tune.method)[1] in MITIGATED_DENSE_ARMS and self.mitigation.variant not in self.train.variants:
             raise ParamsError("train.variants", self.train.variants,
                               f"a list including '{self.mitigation.variant}': tune.method {self.tune.method} "

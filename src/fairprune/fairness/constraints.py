@@ -9,9 +9,11 @@ before each primal step (cooper's AlternatingDualPrimalOptimizer).
 
 How the full version is computed (exact autograd; METHODS.md section 3):
 - Per-group gradients g_a come from one pass over the batch split by group, kept differentiable
-  (create_graph); BatchNorm is in eval mode there, so these passes leave its running statistics
-  alone. The population gradient is their size-weighted sum, g = sum_a (n_a / n) g_a, so it
-  needs no pass of its own. The gradient of ||g_a|| - ||g|| is then a double backward.
+  (create_graph): the cost of one batch. The population gradient is their size-weighted sum,
+  g = sum_a (n_a / n) g_a, so it needs no pass of its own. The gradient of ||g_a|| - ||g|| is
+  then a double backward.
+- Models with BatchNorm are refused: it couples the samples of a batch (a group's gradient would
+  depend on the other groups' samples) and PyTorch has no third-order derivative for it.
 - lambda(H_a) is the Rayleigh quotient v_a^T H_a v_a at a warm-started power-iteration vector v_a
   (Hessian-vector products by double backward). By Danskin's theorem its gradient is v^T (dH_a) v,
   a third-order backward through the quotient. These terms are refreshed every `hessian_every`
@@ -54,6 +56,9 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         super().__init__()
         self.model, self.num_groups, self.params, self.device = model, num_groups, params, device
         self.kinds = CONSTRAINTS[params.variant]
+        if "hessian" in self.kinds and _has_batchnorm(model):
+            raise ValueError("the full mitigation needs a model without BatchNorm (third-order derivatives); "
+                             "use the relaxed variant with this model")
         kind = cooper.ConstraintType.INEQUALITY if params.tolerance > 0 else cooper.ConstraintType.EQUALITY
         for name in self.kinds:
             multiplier = cooper.multipliers.IndexedMultiplier(num_constraints=num_groups, device=device)
@@ -89,12 +94,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         if not (norms_due or hessian_due):
             return {}
         params = [p for p in self.model.parameters() if p.requires_grad]
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            grads = [self._group_gradient(params, x[groups == g], y[groups == g]) for g in present.tolist()]
-        finally:
-            self.model.train(was_training)
+        grads = [self._group_gradient(params, x[groups == g], y[groups == g]) for g in present.tolist()]
         population = combine(grads, (counts[present] / counts.sum()).tolist())
         observed = {}
         if norms_due:
@@ -137,6 +137,10 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
 def _full_precision(logits: torch.Tensor) -> torch.Tensor:
     """Autocast's half-precision logits back to float32; float64 models stay float64."""
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def _inner(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
