@@ -150,3 +150,15 @@ def test_full_constraints_match_an_independent_autograd_reference():
     exact = torch.autograd.grad(eigs[0] - eigs[1], flat)[0]
     estimate = torch.cat([t.flatten() for t in torch.autograd.grad(measured, params)])
     assert torch.allclose(estimate, exact, rtol=1e-3, atol=1e-6)
+
+
+def test_max_grad_norm_clips_the_primal_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x, y, groups = torch.randn(40, 3), torch.randint(0, 2, (40,)), (torch.arange(40) % 4 == 0).long()
+    before = [p.detach().clone() for p in model.parameters()]
+    step = ConstrainedStep(model, torch.optim.SGD(model.parameters(), lr=1.0), 2,
+                           MitigationParams(variant="full", max_grad_norm=1e-3), CPU)
+    step(x, y, groups)
+    moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    assert 0 < float(moved) <= 1e-3 + 1e-7

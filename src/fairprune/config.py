@@ -176,6 +176,7 @@ class MitigationParams(_Section):
     grad_norm_every: int = Field(default=1, ge=1)  # full only: steps between gradient-norm constraints
     hessian_every: int = Field(default=10, ge=1)  # full only: steps between Hessian-eigenvalue constraints
     hessian_iterations: int = Field(default=3, ge=1)  # warm-started power steps per refresh
+    max_grad_norm: float | None = Field(default=None, gt=0.0)  # clip the primal gradient (the Lagrangian's); null = off
     log_every: int = Field(default=10, ge=1)  # steps between MLflow records of multipliers and violations
 
 
@@ -194,6 +195,21 @@ class FinetuneParams(OptimParams):
     lr: float = Field(default=0.01, gt=0.0)
 
 
+class BifpParams(_Section):
+    """BiFP (bi-level fair pruning, METHODS.md section 4): mask scores and weights trained together
+    during the fine-tuning epochs."""
+
+    inner_steps: int = Field(default=1, ge=1)  # K weight steps (mask fixed) per score step (weights fixed)
+    lambda_w: float = Field(default=1.0, ge=0.0)  # fairness weight in the weights' (lower-level) loss
+    lambda_m: float = Field(default=1.0, ge=0.0)  # fairness weight in the scores' (upper-level) loss
+    ig_scale: float = Field(default=1.0, ge=0.0)  # 1/gamma of BiP's implicit-gradient correction; 0 = off
+    score_lr: float = Field(default=1e-3, gt=0.0)  # Adam on the mask scores
+    score_init: Literal["magnitude", "random"] = "magnitude"  # magnitude: the first mask is magnitude pruning's
+    surrogate: Literal["logistic", "hinge", "linear"] = "logistic"  # convex upper bound u of the indicator
+    tolerance: float = Field(default=0.02, ge=0.0)  # bifp_lagrangian: allowed excess of a group's surrogate error
+    dual_lr: float = Field(default=0.01, gt=0.0)  # bifp_lagrangian: multiplier step size
+
+
 class PruneParams(_Section):
     methods: list[str] = Field(default=["magnitude"], min_length=1)
     sparsities: list[float] = Field(default=[0.5, 0.7, 0.8, 0.9, 0.95], min_length=1)
@@ -203,6 +219,7 @@ class PruneParams(_Section):
     grasp_temperature: float = Field(default=200.0, gt=0.0)
     synflow_rounds: int = Field(default=100, ge=1)
     imp_round_epochs: int = Field(default=2, ge=0)  # retraining epochs after each 20 % IMP round
+    bifp: BifpParams = BifpParams()
 
     @field_validator("sparsities")
     @classmethod

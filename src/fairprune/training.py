@@ -113,20 +113,24 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
         desc: str = "train", extra_state: dict | None = None,
         before_epoch: Callable[[int], None] | None = None,
         after_epoch: Callable[[int], None] | None = None,
-        mitigation: MitigationParams | None = None) -> list[dict]:
+        mitigation: MitigationParams | None = None,
+        step_factory: Callable[[torch.nn.Module, torch.optim.Optimizer], object] | None = None) -> list[dict]:
     """Train `model` for opt.epochs on the train split, validating per group after each epoch.
 
     Returns the per-epoch history. With a checkpoint path, state is saved after every epoch
     and a matching checkpoint (same resume_key) is resumed from its next epoch.
     `before_epoch(i)` runs before epoch i (0-based; gradual pruning updates masks there) and
     `after_epoch(n)` after n epochs, before the checkpoint (so what it stores in
-    `extra_state` is checkpointed).
+    `extra_state` is checkpointed). `step_factory(model, optimizer)` replaces the training step
+    (methods such as BiFP that train their mask along with the weights).
     """
     model.to(device)
     optimizer, scheduler = make_optimizer(model, opt)
     images, targets, groups = data.subset("train")
     images, targets, groups = to_device(images, device), targets.to(device), groups.to(device)
-    if mitigation is None:
+    if step_factory is not None:
+        step = step_factory(model, optimizer)
+    elif mitigation is None:
         step = PlainStep(model, optimizer, device)
     else:
         from fairprune.fairness.constraints import ConstrainedStep

@@ -139,6 +139,10 @@ def _full_precision(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
+def _clip(parameters: list[torch.Tensor], max_norm: float) -> None:
+    torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+
 def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -163,6 +167,9 @@ class ConstrainedStep:
             dual = torch.optim.SparseAdam(dual_params, lr=params.dual_lr, maximize=True)
         else:
             dual = torch.optim.SGD(dual_params, lr=params.dual_lr, maximize=True)
+        if params.max_grad_norm is not None:
+            clipped = [p for group in primal.param_groups for p in group["params"]]
+            primal.register_step_pre_hook(lambda *_: _clip(clipped, params.max_grad_norm))
         self.optimizer = cooper.optim.AlternatingDualPrimalOptimizer(
             cmp=self.problem, primal_optimizers=primal, dual_optimizers=dual)
         self.params, self.log, self.step_index = params, log, 0

@@ -1,0 +1,132 @@
+"""BiFP: the straight-through hard mask, the weight level against plain SGD, the surrogate bound,
+the score gradient (with the implicit-gradient term) against finite differences."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from fairprune.config import BifpParams
+from fairprune.fairness.surrogate import parity_penalty, parity_surrogates
+from fairprune.pruning import PruneContext, get_method, measure_sparsity
+from fairprune.training import PlainStep
+
+CPU = torch.device("cpu")
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def dense_copy(model):
+    """A plain copy of a masked tiny model (deepcopy fails on pruning hooks' non-leaf weights)."""
+    net = tiny_model()
+    with torch.no_grad():
+        for i in (0, 2, 4):
+            source = model[i]
+            weight = source.weight_orig * source.weight_mask if hasattr(source, "weight_orig") else source.weight
+            net[i].weight.copy_(weight)
+            net[i].bias.copy_(source.bias)
+    return net
+
+
+def batch(n=64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g), torch.randint(0, 2, (n,), generator=g)
+
+
+def bifp_step(method: str, sparsity: float, lr=0.05, **settings):
+    model = tiny_model()
+    method = get_method(method)
+    ctx = PruneContext(data=SimpleNamespace(num_groups=2), device=CPU, options={"bifp": settings})
+    method.prune(model, sparsity, ctx)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    return model, method.training_step(model, optimizer, CPU)
+
+
+def test_hard_mask_keeps_exactly_the_target_sparsity_while_scores_move():
+    model, step = bifp_step("bifp_uns", 0.7, score_lr=0.05)
+    masks_before = [model[0].weight_mask.clone(), model[2].weight_mask.clone()]
+    for i in range(20):
+        step(*batch(seed=i))
+        assert measure_sparsity(model)["sparsity_actual"] == pytest.approx(0.7, abs=1 / 128)
+    changed = sum(int((a != b).sum()) for a, b in zip(masks_before, [model[0].weight_mask, model[2].weight_mask]))
+    assert changed > 0  # the score steps did move the mask
+
+
+def test_weight_level_without_fairness_is_plain_masked_sgd():
+    model, step = bifp_step("bifp_uns", 0.5, lambda_w=0.0, lambda_m=0.0, ig_scale=0.0, inner_steps=1)
+    reference = dense_copy(model)
+    for i in (0, 2):
+        torch.nn.utils.prune.custom_from_mask(reference[i], "weight", model[i].weight_mask.clone())
+    plain = PlainStep(reference, torch.optim.SGD(reference.parameters(), lr=0.05), CPU)
+    x, y, groups = batch()
+    step(x, y, groups)  # call 1 of K + 1 = 2: a weight step
+    plain(x, y, groups)
+    for a, b in zip(dense_copy(model).parameters(), dense_copy(reference).parameters()):
+        assert torch.allclose(a, b, atol=1e-7)
+
+
+@pytest.mark.parametrize("surrogate", ["hinge", "logistic"])  # linear (1 + t) is no bound below t = -1
+def test_surrogates_bound_the_accuracy_gap_both_ways(surrogate):
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        logits = torch.randn(200, 4, generator=g) * 3
+        y, groups = torch.randint(0, 4, (200,), generator=g), torch.randint(0, 3, (200,), generator=g)
+        correct = (logits.argmax(1) == y).float()
+        forward, mirrored, present = parity_surrogates(logits, y, groups, 3, surrogate)
+        for a in range(3):
+            gap = correct[groups == a].mean() - correct[groups != a].mean()
+            assert forward[a] >= gap - 1e-6 and mirrored[a] >= -gap - 1e-6
+        assert present.all()
+    # one group only: no penalty
+    assert parity_penalty(logits, y, torch.zeros_like(groups), 3).item() == 0.0
+
+
+def test_score_gradient_matches_finite_differences_of_the_loss_in_the_masked_weights():
+    model, step = bifp_step("bifp_uns", 0.5, lambda_m=0.5, ig_scale=3.0, score_lr=1e-3)
+    x, y, groups = batch()
+    layer = model[2]
+    theta, mask = layer.weight_orig.detach().clone(), layer.weight_mask.clone()
+    step.calls = 1  # the next call is the score step
+    step(x, y, groups)
+    score_grad = step.scores[1].grad  # what the score optimiser stepped on
+
+    def loss_at(z):
+        net = dense_copy(model)
+        with torch.no_grad():
+            net[2].weight.copy_(z)
+        logits = net(x)
+        return float(step._objective(logits, y, groups, 0.5)[0].detach())
+
+    z, eps = theta * mask, 1e-3
+    for i, j in [(0, 0), (3, 5), (7, 2), (11, 14)]:
+        bumped_up, bumped_down = z.clone(), z.clone()
+        bumped_up[i, j] += eps
+        bumped_down[i, j] -= eps
+        g_z = (loss_at(bumped_up) - loss_at(bumped_down)) / (2 * eps)
+        expected = g_z * theta[i, j] - 3.0 * g_z * g_z * mask[i, j]
+        assert float(score_grad[i, j]) == pytest.approx(float(expected), rel=0.05, abs=2e-5)
+
+
+def test_lagrangian_multipliers_grow_on_violated_groups_and_survive_a_checkpoint():
+    model, step = bifp_step("bifp_lagrangian", 0.5, tolerance=0.0, dual_lr=0.5)
+    x, y, _ = batch()
+    groups = (y == 0).long()  # group 1 = class 0: its errors differ from the rest
+    for _ in range(6):
+        step(x, y, groups)
+    values = step.multiplier.weight.detach().flatten()
+    assert (values >= 0).all() and values.max() > 0
+    state = step.state_dict()
+    _, fresh = bifp_step("bifp_lagrangian", 0.5, tolerance=0.0, dual_lr=0.5)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.multiplier.weight, step.multiplier.weight) and fresh.calls == step.calls
+    assert all(torch.equal(a, b) for a, b in zip(fresh.scores, step.scores))
+
+
+def test_ablations_fix_their_settings():
+    ctx = PruneContext(data=None, device=CPU, options={"bifp": {"lambda_w": 2.0, "lambda_m": 3.0}})
+    assert get_method("bifp_no_mask_fair").settings(ctx) == BifpParams(lambda_w=2.0, lambda_m=0.0)
+    assert get_method("bifp_no_fair").settings(ctx) == BifpParams(lambda_w=0.0, lambda_m=0.0)
+    assert get_method("bifp_no_ig").settings(ctx).ig_scale == 0.0
