@@ -42,5 +42,6 @@ bench: install
 	$(BIN)/python benchmarks/bench_evaluation.py
 	$(BIN)/python benchmarks/bench_pruning.py
 	$(BIN)/python benchmarks/bench_mitigation.py
+	$(BIN)/python benchmarks/bench_bifp.py
 	$(BIN)/python benchmarks/bench_tune.py
 	$(BIN)/python benchmarks/bench_pipeline.py
