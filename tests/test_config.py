@@ -105,3 +105,20 @@ def test_mitigation_arms_are_checked_and_fair_bf_needs_its_dense_variant():
     assert ok.mitigation.variant == "relaxed"
     with pytest.raises(ParamsError, match=r"train\.variants"):
         config.validate({"train": {"variants": ["relaxed"]}})
+
+
+def test_tune_searches_nested_bifp_settings():
+    from fairprune.tuning.objective import overrides_of, with_overrides
+    from fairprune.tuning.summary import exp_run_command
+
+    raw = {"tune": {"method": "bifp_uns", "search": {"prune.bifp.lambda_w": {"low": 0.0, "high": 2.0},
+                                                     "finetune.lr": {"low": 1e-3, "high": 0.1, "log": True}}}}
+    params = config.validate(raw)
+    nested = overrides_of(params, {"prune.bifp.lambda_w": 0.5, "finetune.lr": 0.02})
+    trial = with_overrides(params, nested)
+    assert trial.prune.bifp.lambda_w == 0.5 and trial.prune.bifp.lambda_m == 1.0 and trial.finetune.lr == 0.02
+    assert "-S prune.bifp.lambda_w=0.5" in exp_run_command(nested)
+    assert error_for({"tune": {"search": {"prune.bifp.lambda": {"low": 0, "high": 1}}}}).key == "tune.search.prune.bifp.lambda"
+    assert error_for({"tune": {"search": {"prune.bifp.lambda_w": {"low": -1, "high": 1}}}}).key == \
+        "tune.search.prune.bifp.lambda_w"
+    assert error_for({"tune": {"method": "bifp_no_fair"}}).key == "tune.method"

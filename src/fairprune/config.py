@@ -258,6 +258,7 @@ class ReportParams(_Section):
 
 TUNABLE_SECTIONS = ("finetune", "mitigation", "prune")  # what a trial may change without retraining the dense model
 FIXED_KEYS = ("prune.methods", "prune.sparsities")
+FAIR_PRUNING_METHODS = ("bifp_uns", "bifp_lagrangian")  # methods fair by themselves, tunable without an arm
 
 
 class SearchRange(_Section):
@@ -314,9 +315,10 @@ class TuneParams(_Section):
         from fairprune.pruning import available_methods
 
         name, arm = split_arm(value)
-        if name not in available_methods() or arm not in MITIGATED_FINETUNE_ARMS:
+        if value not in FAIR_PRUNING_METHODS and (name not in available_methods() or arm not in MITIGATED_FINETUNE_ARMS):
             raise ParamsError("tune.method", value, "a pruning method with a fair fine-tuning arm, e.g. "
-                              f"magnitude+fair_aft; arms: {', '.join(MITIGATED_FINETUNE_ARMS)}")
+                              f"magnitude+fair_aft (arms: {', '.join(MITIGATED_FINETUNE_ARMS)}), or one of "
+                              f"{', '.join(FAIR_PRUNING_METHODS)}")
         return value
 
     @field_validator("search")
@@ -324,8 +326,13 @@ class TuneParams(_Section):
     def _tunable_keys(cls, search: dict[str, SearchRange]) -> dict[str, SearchRange]:
         sections = {"finetune": FinetuneParams, "mitigation": MitigationParams, "prune": PruneParams}
         for key in search:
-            section, _, name = key.partition(".")
-            if section not in TUNABLE_SECTIONS or name not in sections[section].model_fields or key in FIXED_KEYS:
+            section, *path = key.split(".")
+            model = sections.get(section) if section in TUNABLE_SECTIONS else None
+            for part in path[:-1]:  # nested settings such as prune.bifp.lambda_w
+                field = model.model_fields.get(part) if model else None
+                annotation = field.annotation if field else None
+                model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+            if model is None or not path or path[-1] not in model.model_fields or key in FIXED_KEYS:
                 raise ParamsError(f"tune.search.{key}", key, "a dotted key of a section a trial can change "
                                   f"({', '.join(TUNABLE_SECTIONS)}), e.g. mitigation.dual_lr; not "
                                   f"{' or '.join(FIXED_KEYS)}")
@@ -373,8 +380,11 @@ class Params(_Section):
 def _check_search_values(params: Params) -> None:
     """Every end of a searched range and every choice must be a valid value of its key."""
     for key, space in params.tune.search.items():
-        section, _, name = key.partition(".")
+        section, *path = key.split(".")
         current = getattr(params, section)
+        for part in path[:-1]:
+            current = getattr(current, part)
+        name = path[-1]
         candidates = space.choices if space.choices is not None else [space.low, space.high]
         for value in candidates:
             try:
@@ -447,10 +457,11 @@ def _round_trip_yaml():
     return yaml_rt
 
 
-def _merge_into(base, override: dict) -> None:
+def merge_into(base, override: dict) -> None:
+    """Deep-merge `override` into the mapping `base` in place."""
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge_into(base[key], value)
+            merge_into(base[key], value)
         else:
             base[key] = value
 
@@ -476,7 +487,7 @@ def apply_override(target: Path, override: Path):
 
 def apply_values(target: Path, values: dict):
     base = _round_trip_yaml().load(target.read_text()) if target.exists() else {}
-    _merge_into(base, values)
+    merge_into(base, values)
     text = io.StringIO()
     _round_trip_yaml().dump(base, text)
     validate(yaml.safe_load(text.getvalue()))

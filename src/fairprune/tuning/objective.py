@@ -38,15 +38,17 @@ def overrides_of(params: Params, values: dict[str, Any]) -> dict[str, dict[str, 
     if params.tune.epochs is not None:
         nested["finetune"] = {"epochs": params.tune.epochs}
     for key, value in values.items():
-        section, _, name = key.partition(".")
-        nested.setdefault(section, {})[name] = value
+        *parents, name = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[name] = value
     return nested
 
 
 def with_overrides(params: Params, nested: dict[str, dict[str, Any]]) -> Params:
     raw = params.model_dump()
-    for section, values in nested.items():  # overrides are always section -> key, one level deep
-        raw[section].update(values)
+    config.merge_into(raw, nested)
     return config.validate(raw)
 
 

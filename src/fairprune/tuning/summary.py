@@ -57,9 +57,15 @@ def write_override(path: Path, nested: dict, header: str) -> None:
     path.write_text("".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(nested, sort_keys=True))
 
 
+def _dotted(nested: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    pairs = []
+    for key, value in nested.items():
+        pairs += _dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+    return pairs
+
+
 def exp_run_command(nested: dict) -> str:
-    sets = " ".join(f"-S {section}.{name}={value}" for section, values in nested.items() for name, value in values.items())
-    return f"dvc exp run {sets}"
+    return "dvc exp run " + " ".join(f"-S {key}={value}" for key, value in _dotted(nested))
 
 
 def pareto_figure(study: optuna.Study, front: list[FrozenTrial], chosen: FrozenTrial | None, params: Params,
