@@ -1,11 +1,14 @@
 """Stage `evaluate`: one pass per model (dense and every pruned one) over the evaluation split,
 writing per-sample predictions and the per-group metrics and fairness gaps of each model."""
+import torch
+
 from fairprune import artifacts, models, tracking
 from fairprune.data import load_prepared
 from fairprune.device import resolve
 from fairprune.errors import DataError
 from fairprune.evaluation import evaluate_split
 from fairprune.fairness import fairness_gaps
+from fairprune.fairness.surrogate import surrogate_excess
 from fairprune.pruning import measure_sparsity
 from fairprune.stage import run
 
@@ -14,7 +17,7 @@ COST_KEYS = ("macs", "mac_reduction", "latency_ms", "speedup")
 
 
 def metrics_record(run_name, method, sparsity, seed, split, model, preds, dense_stats, exclude_output_layer,
-                   prune_record=None):
+                   surrogate: str, prune_record=None):
     stats = preds.stats()
     dense_stats = dense_stats or stats
     size = measure_sparsity(model, exclude_output_layer)
@@ -27,11 +30,15 @@ def metrics_record(run_name, method, sparsity, seed, split, model, preds, dense_
             "accuracy_drop": float(dense_stats.accuracy[g] - stats.accuracy[g]),
             "excess_loss": float(stats.loss[g] - dense_stats.loss[g]),
         }
+    errors, excess = surrogate_excess(torch.from_numpy(preds.margin), torch.from_numpy(preds.group),
+                                      len(preds.group_names), surrogate)
+    for name, error in zip(preds.group_names, errors.tolist()):
+        groups[name]["surrogate_error"] = error
     return {
         "run": run_name, "method": method, "sparsity": sparsity, "seed": seed, "split": split,
         "sparsity_actual": size["sparsity_actual"], "params_total": size["params_total"],
         "params_nonzero": size["params_nonzero"], "accuracy": stats.overall_accuracy, "loss": stats.overall_loss,
-        "groups": groups, "fairness": fairness_gaps(stats, dense_stats),
+        "groups": groups, "fairness": {**fairness_gaps(stats, dense_stats), "surrogate_excess": excess},
         "cost": {key: (prune_record or {}).get(key) for key in COST_KEYS},
     }
 
@@ -55,7 +62,8 @@ def main(params, args, timer):
             if method == "dense":
                 dense_stats[seed] = preds.stats()
             record = metrics_record(name, method, sparsity, seed, split, model, preds,
-                                    dense_stats[seed], params.prune.exclude_output_layer, extra.get("record"))
+                                    dense_stats[seed], params.prune.exclude_output_layer, params.prune.bifp.surrogate,
+                                    extra.get("record"))
             artifacts.PREDICTIONS_DIR.mkdir(parents=True, exist_ok=True)
             preds.save(artifacts.PREDICTIONS_DIR / f"{name}.npz")
             artifacts.write_json(artifacts.EVAL_DIR / f"{name}.json", record)

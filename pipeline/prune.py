@@ -51,7 +51,7 @@ def main(params, args, timer):
                   "sparsity_after_pruning": result.at_pruning["sparsity_actual"],
                   "params_dense": result.dense_params, "macs": macs, "macs_dense": dense_macs,
                   "mac_reduction": dense_macs / macs, "prune_s": pruned_at["seconds"],
-                  "final": history[-1] if history else {}}
+                  "final": history[-1] if history else {}, "history": history}
         if method.structured:
             dense, _ = models.load(start)
             record["latency_ms"] = latency_ms(model, data.input_shape)

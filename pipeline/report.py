@@ -3,7 +3,8 @@
 import pandas as pd
 
 from fairprune import artifacts, tracking
-from fairprune import report_diagnostics
+from fairprune import report_bifp, report_diagnostics
+from fairprune.config import MITIGATED_DENSE_ARMS, split_arm
 from fairprune.report import arms_table, figures, markdown_page, markdown_table, summary_table
 from fairprune.stage import run
 
@@ -36,6 +37,40 @@ def dense_variants_table(params, table: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame["wall_vs_plain"] = frame.train_wall_s / frame.train_wall_s.iloc[0]
     return frame
+
+
+def bifp_sections(params, table: pd.DataFrame, group_names: list[str], out) -> tuple[list[str], list]:
+    """BiFP's claim table, efficiency (Figure 6) and ablations (Figure 7) when a BiFP method ran."""
+    if not any(m in report_bifp.BIFP for m in params.prune.methods):
+        return [], []
+    sparsity = report_bifp.nearest_sparsity(table, params.report.claims_sparsity)
+    dense = {}
+    for seed in params.base.seeds:
+        dense[(seed, "plain")] = artifacts.read_json(artifacts.train_metrics(seed, "plain"))
+        if any(split_arm(m)[1] in MITIGATED_DENSE_ARMS for m in params.prune.methods):
+            dense[(seed, "mitigated")] = artifacts.read_json(artifacts.train_metrics(seed, params.mitigation.variant))
+    records = [artifacts.read_json(artifacts.prune_metrics(m, sparsity, s))
+               for m in params.prune.methods for s in params.base.seeds]
+    efficiency, curves = report_bifp.efficiency_table(records, dense, group_names, sparsity, params.report.target_gap,
+                                                      params.report.target_accuracy_drop)
+    claims = report_bifp.claims_table(table, sparsity, params.prune.bifp.tolerance, efficiency)
+    claims.to_csv(out / "bifp_claims.csv", index=False)
+    efficiency.to_csv(out / "bifp_efficiency.csv", index=False)
+    figures = [report_bifp.efficiency_figure(curves, efficiency, out / "figures" / "bifp_efficiency.png"),
+               report_bifp.ablation_figure(table, sparsity, out / "figures" / "bifp_ablations.png")]
+    figures = [f for f in figures if f is not None]
+    sections = [f"## BiFP: the paper's claims at sparsity {sparsity:g} (evaluation split)",
+                "mean ± std over seeds; paired p: two-sided paired t-test across seeds of the two columns "
+                f"(significant below {report_bifp.SIGNIFICANCE}); n/a with fewer than two seeds",
+                markdown_table(claims),
+                "## BiFP: passes and wall time to the fairness target (Figure 6)",
+                f"target on validation: accuracy within {params.report.target_accuracy_drop} of the plain dense "
+                "model's and accuracy gap at most " + ("the dense model's" if params.report.target_gap is None
+                                                       else str(params.report.target_gap))
+                + "; two-stage fair_then_prune is charged its fair dense training; epoch granularity",
+                markdown_table(report_bifp.efficiency_summary(efficiency), ".1f"),
+                *[f"![{p.stem}](figures/{p.name})" for p in figures]]
+    return sections, figures
 
 
 def main(params, args, timer):
@@ -74,6 +109,8 @@ def main(params, args, timer):
         sections += ["## Dense training: plain versus mitigated (Tran et al. Table 1 layout)",
                      "accuracy on the evaluation split, mean over seeds; wall time of the train stage",
                      markdown_table(variants)]
+    bifp, bifp_figures = bifp_sections(params, table, group_names, out)
+    sections += bifp
     (out / "README.md").write_text(markdown_page(table, figure_paths, timings, data_info, sections + why))
     with tracking.stage_run(params.base, "report", "report", {"seeds": params.base.seeds,
                                                               "methods": params.prune.methods,
@@ -82,7 +119,7 @@ def main(params, args, timer):
         mlflow.log_table(table, "summary_table.json")
         mlflow.log_artifact(str(out / "summary.csv"))
         mlflow.log_artifact(str(out / "README.md"))
-        for path in figure_paths + diagnostic_figures:
+        for path in figure_paths + diagnostic_figures + bifp_figures:
             mlflow.log_artifact(str(path), "figures")
     print(timings.to_string(index=False))
     print(f"report written to {out}/README.md ({len(table)} models) in {timer.seconds:.1f}s")

@@ -130,3 +130,36 @@ def test_ablations_fix_their_settings():
     assert get_method("bifp_no_mask_fair").settings(ctx) == BifpParams(lambda_w=2.0, lambda_m=0.0)
     assert get_method("bifp_no_fair").settings(ctx) == BifpParams(lambda_w=0.0, lambda_m=0.0)
     assert get_method("bifp_no_ig").settings(ctx).ig_scale == 0.0
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet10", "mobilenet_v2"])
+def test_structured_export_reproduces_the_masked_model(arch):
+    """bifp_str: after score steps have moved the channel masks, removing the masked channels
+    through the dependency graph gives a smaller model with the masked model's outputs."""
+    from fairprune.models import Classifier
+    from fairprune.pruning.structured import count_params
+
+    torch.manual_seed(0)
+    model = Classifier(arch, (3, 16, 16), 2, [0.5] * 3, [0.25] * 3)
+    dense = count_params(model)
+    method = get_method("bifp_str")
+    ctx = PruneContext(data=SimpleNamespace(num_groups=2, input_shape=(3, 16, 16)), device=CPU,
+                       options={"bifp": {"score_lr": 0.05}})
+    method.prune(model, 0.6, ctx)
+    first = [m.clone() for m in method.layout.masks(method.layout.scores)]
+    step = method.training_step(model, torch.optim.SGD(model.parameters(), lr=0.01), CPU)
+    model.train()
+    for i in range(8):
+        g = torch.Generator().manual_seed(i)
+        step(torch.rand(16, 3, 16, 16, generator=g), torch.randint(0, 2, (16,), generator=g),
+             torch.randint(0, 2, (16,), generator=g))
+    masks = method.layout.masks(method.layout.scores)
+    assert any((a != b).any() for a, b in zip(first, masks))  # the channel scores did move the mask
+    model.eval()
+    x = torch.rand(8, 3, 16, 16)
+    with torch.no_grad():
+        masked = model(x)
+        exported = method.finish(model)
+        assert torch.allclose(exported(x), masked, atol=1e-5)
+    assert not any(hasattr(m, "weight_orig") for m in exported.modules())
+    assert 1 - count_params(exported) / dense == pytest.approx(0.6, abs=0.02)

@@ -44,6 +44,13 @@ def test_unknown_dataset_model_method():
     assert err.key == "prune.methods.1" and "magnitude" in err.allowed
 
 
+def test_bifp_refuses_a_constrained_finetuning_arm():
+    err = error_for({"prune": {"methods": ["bifp_uns+fair_aft"]}})
+    assert err.key == "prune.methods.0" and "bifp_uns+fair_bf" in err.allowed
+    assert error_for({"prune": {"methods": ["magnitude", "bifp_str+fair_both"]}}).key == "prune.methods.1"
+    config.validate({"prune": {"methods": ["bifp_lagrangian+fair_bf"]}, "train": {"variants": ["plain", "relaxed"]}})
+
+
 def test_group_attribute_must_exist():
     err = error_for({"data": {"dataset": "celeba", "root": "x", "group": "Hair_Colour"}})
     assert err.key == "data.group" and err.value == "Hair_Colour" and "Male" in err.allowed

@@ -14,12 +14,12 @@ TINY = {
     "base": {"seeds": [0, 1], "threads": 1},
     "data": {"imbalance": {"groups": ["8"], "fraction": 0.3}},
     "train": {"epochs": 3, "variants": ["plain", "relaxed"]},
-    "prune": {"methods": ["magnitude", "magnitude+fair_both"], "sparsities": [0.5, 0.9]},
+    "prune": {"methods": ["magnitude", "magnitude+fair_both", "bifp_uns", "bifp_str"], "sparsities": [0.5, 0.9]},
     "finetune": {"epochs": 1},
     "diagnose": {"per_group": 32, "iterations": 3},
     "tune": {"trials": 2, "epochs": 1},
 }
-METHODS = ("magnitude", "magnitude+fair_both")
+METHODS = ("magnitude", "magnitude+fair_both", "bifp_uns", "bifp_str")
 COPY = ["pipeline", "src", "dvc.yaml", ".dvcignore", ".gitignore"]
 
 
@@ -88,6 +88,20 @@ def test_tune_stage_writes_its_front_and_choice(project):
     assert "chosen.yaml" in (work / "reports" / "tune" / "README.md").read_text()
 
 
+def test_bifp_claims_efficiency_and_structured_export(project):
+    work, _ = project
+    claims = (work / "reports" / "bifp_claims.csv").read_text()
+    assert "bifp_uns: accuracy gap no larger than the dense model's" in claims and "bifp_str" in claims
+    efficiency = (work / "reports" / "bifp_efficiency.csv").read_text().splitlines()
+    assert len(efficiency) == 1 + len(METHODS) * 2  # one row per method and seed at the claims sparsity (0.5)
+    assert (work / "reports" / "figures" / "bifp_efficiency.png").is_file()
+    record = json.loads((work / "metrics" / "prune" / "bifp_str-0.9-s0.json").read_text())
+    assert record["structured"] and record["params_total"] < 0.2 * record["params_dense"]
+    assert [h["steps"] for h in record["history"]] == [record["history"][0]["steps"]]  # one epoch of passes
+    evaluated = json.loads((work / "metrics" / "eval" / "bifp_uns-0.5-s0.json").read_text())
+    assert evaluated["fairness"]["surrogate_excess"] >= 0
+
+
 def test_eval_metrics_match_predictions(project):
     work, _ = project
     for path in sorted((work / "metrics" / "eval").glob("*.json")):
@@ -136,7 +150,7 @@ def test_mlflow_has_a_run_per_stage_with_group_metrics_and_reloadable_models(pro
     for run in runs:
         if "mlflow.parentRunId" not in run.data.tags:
             by_stage.setdefault(run.data.tags["stage"], []).append(run)
-    assert {k: len(v) for k, v in by_stage.items()} == {"prepare": 1, "train": 4, "prune": 8, "evaluate": 1,
+    assert {k: len(v) for k, v in by_stage.items()} == {"prepare": 1, "train": 4, "prune": 16, "evaluate": 1,
                                                         "diagnose": 1, "report": 1, "tune": 1}
     for run in by_stage["prune"]:
         tags = run.data.tags
@@ -147,13 +161,13 @@ def test_mlflow_has_a_run_per_stage_with_group_metrics_and_reloadable_models(pro
     assert history and all(np.isfinite(m.value) for m in history)
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     evaluated = [r for r in nested if r.data.tags["stage"] == "evaluate"]
-    assert len(evaluated) == 12 and all("acc/8" in r.data.metrics for r in evaluated)
+    assert len(evaluated) == 20 and all("acc/8" in r.data.metrics for r in evaluated)
     diagnosed = [r for r in nested if r.data.tags["stage"] == "diagnose"]
-    assert len(diagnosed) == 12 and all("grad_norm/8" in r.data.metrics for r in diagnosed)
+    assert len(diagnosed) == 20 and all("grad_norm/8" in r.data.metrics for r in diagnosed)
     train = by_stage["train"][0]
     assert "val_acc/8" in train.data.metrics and "train.lr" in train.data.params
     mlflow.set_tracking_uri(uri)
-    run = by_stage["prune"][0]
+    run = next(r for r in by_stage["prune"] if r.data.tags["method"] == "magnitude")
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     from fairprune.models import Classifier
     assert isinstance(model, Classifier)

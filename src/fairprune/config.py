@@ -232,7 +232,7 @@ class PruneParams(_Section):
     @field_validator("methods")
     @classmethod
     def _registered(cls, values: list[str]) -> list[str]:
-        from fairprune.pruning import available_methods
+        from fairprune.pruning import available_methods, get_method
 
         known = available_methods()
         for i, value in enumerate(values):
@@ -242,6 +242,10 @@ class PruneParams(_Section):
                                   f"followed by +{' / +'.join(ARMS)}")
             if arm and arm not in ARMS:
                 raise ParamsError(f"prune.methods.{i}", value, f"a mitigation arm after '+': one of {', '.join(ARMS)}")
+            if arm in MITIGATED_FINETUNE_ARMS and getattr(get_method(method), "trains_mask", False):
+                raise ParamsError(f"prune.methods.{i}", value,
+                                  f"'{method}' or '{method}+fair_bf': {method} fine-tunes under its own fairness "
+                                  "objective, so a constrained fine-tuning arm would be ignored")
         if len(set(values)) != len(values):
             raise ValueError("methods must not repeat")
         return values
@@ -254,11 +258,14 @@ class EvaluateParams(_Section):
 
 class ReportParams(_Section):
     reference: Literal["tran_table2"] | None = None  # a paper's numbers to print next to ours
+    claims_sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)  # BiFP claims; null: the sparsity nearest 0.7
+    target_gap: float | None = Field(default=None, ge=0.0)  # efficiency target (validation); null: the dense model's gap
+    target_accuracy_drop: float = Field(default=0.01, ge=0.0)  # efficiency target: within this of dense accuracy
 
 
 TUNABLE_SECTIONS = ("finetune", "mitigation", "prune")  # what a trial may change without retraining the dense model
 FIXED_KEYS = ("prune.methods", "prune.sparsities")
-FAIR_PRUNING_METHODS = ("bifp_uns", "bifp_lagrangian")  # methods fair by themselves, tunable without an arm
+FAIR_PRUNING_METHODS = ("bifp_uns", "bifp_str", "bifp_lagrangian")  # methods fair by themselves, tunable without an arm
 
 
 class SearchRange(_Section):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from fairprune.device import autocast, to_device
 from fairprune.fairness import GroupStats, group_stats
+from fairprune.fairness.surrogate import margins
 
 
 @dataclass
@@ -19,19 +20,21 @@ class Predictions:
     group: np.ndarray
     group_names: list[str]
     num_classes: int
+    margin: np.ndarray | None = None  # f_y(x) - max_{c != y} f_c(x): BiFP's surrogates are functions of it
 
     def stats(self) -> GroupStats:
         return group_stats(self.y_true, self.y_pred, self.loss, self.group, len(self.group_names), self.num_classes)
 
     def save(self, path) -> None:
         np.savez(path, y_true=self.y_true, y_pred=self.y_pred, group=self.group, loss=self.loss,
-                 group_names=np.asarray(self.group_names), num_classes=self.num_classes)
+                 group_names=np.asarray(self.group_names), num_classes=self.num_classes,
+                 **({} if self.margin is None else {"margin": self.margin}))
 
     @classmethod
     def load(cls, path) -> "Predictions":
         with np.load(path) as f:
             return cls(f["y_true"], f["y_pred"], f["loss"], f["group"], [str(g) for g in f["group_names"]],
-                       int(f["num_classes"]))
+                       int(f["num_classes"]), f["margin"] if "margin" in f else None)
 
 
 def _batches(images: torch.Tensor, batch_size: int, device: torch.device):
@@ -46,14 +49,16 @@ def predict(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
     model.eval().to(device)
     targets_dev = targets.to(device)
     preds, losses = torch.empty_like(targets_dev), torch.empty(len(targets), device=device)
+    margin = torch.empty(len(targets), device=device)
     for start, x in _batches(images, batch_size, device):
         with autocast(device):
             logits = model(x).float()
         y = targets_dev[start:start + len(x)]
         losses[start:start + len(x)] = F.cross_entropy(logits, y, reduction="none")
         preds[start:start + len(x)] = logits.argmax(1)
+        margin[start:start + len(x)] = margins(logits, y)
     return Predictions(targets.numpy(), preds.cpu().numpy(), losses.cpu().numpy(), groups.numpy(),
-                       list(group_names), num_classes)
+                       list(group_names), num_classes, margin.cpu().numpy())
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -147,15 +148,18 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
         step.load_state_dict(state["step"])
         start, history = state["epoch"], state["history"]
         tqdm.write(f"{desc}: resuming from the checkpoint after epoch {start}")
+    steps_per_epoch = math.ceil(len(targets) / opt.batch_size)
     for epoch in tqdm(range(start, opt.epochs), desc=desc, initial=start, total=opt.epochs, unit="epoch"):
         if before_epoch:
             before_epoch(epoch)
+        began = time.perf_counter()
         train_loss, train_acc = _train_epoch(model, images, targets, groups, opt, step, device, generator, epoch, desc)
+        train_s = time.perf_counter() - began + (history[-1].get("train_s", 0.0) if history else 0.0)
         scheduler.step()
         val = evaluate_split(model, data, "val", 1024, device).stats()
         record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                   "val_loss": val.overall_loss, "val_acc": val.overall_accuracy,
-                  "lr": optimizer.param_groups[0]["lr"]}
+                  "lr": optimizer.param_groups[0]["lr"], "steps": (epoch + 1) * steps_per_epoch, "train_s": train_s}
         record.update({f"val_acc/{g}": float(a) for g, a in zip(data.group_names, val.accuracy)})
         history.append(record)
         if log:

@@ -78,3 +78,12 @@ def surrogate_errors(logits: torch.Tensor, targets: torch.Tensor, groups: torch.
                      surrogate: str = "logistic") -> tuple[torch.Tensor, torch.Tensor]:
     """(per-group mean of u(-z), an upper bound of each group's error rate; the group counts)."""
     return _group_mean(SURROGATES[surrogate](-margins(logits, targets)), groups, num_groups)
+
+
+def surrogate_excess(margin: torch.Tensor, groups: torch.Tensor, num_groups: int, surrogate: str = "logistic",
+                     ) -> tuple[torch.Tensor, float]:
+    """From saved margins: (each group's surrogate error, the largest excess of a present group over
+    the present groups' mean), the quantity bifp_lagrangian holds below its tolerance."""
+    errors, counts = _group_mean(SURROGATES[surrogate](-margin.float()), groups, num_groups)
+    present = errors[counts > 0]
+    return errors, float((present - present.mean()).max())

@@ -51,6 +51,10 @@ class PruningMethod:
     def before_finetune_epoch(self, model: nn.Module, epoch: int, total_epochs: int) -> None:
         """Called before each fine-tuning epoch; gradual methods update their masks here."""
 
+    def finish(self, model: nn.Module) -> nn.Module:
+        """Called after fine-tuning; methods that train a structured mask export the smaller model here."""
+        return model
+
 
 def register(cls: type[PruningMethod]) -> type[PruningMethod]:
     _REGISTRY[cls.name] = cls

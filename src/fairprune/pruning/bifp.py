@@ -1,33 +1,88 @@
 """BiFP: the pruning mask (upper level) and the weights (lower level) learned together, both under a
 differentiable accuracy-parity term (METHODS.md section 4; settings in `prune.bifp`).
 
-`prune` installs the first hard mask (global top-k of the scores, initialised from |theta| so it
-is magnitude pruning's, or random) through torch.nn.utils.prune; the fine-tuning epochs then run
-`BifpStep` instead of plain SGD. Every K + 1 batches form one outer iteration:
+`prune` installs the first hard mask (the top scores, initialised from |theta| so it is magnitude
+pruning's, or random) through torch.nn.utils.prune; the fine-tuning epochs then run `BifpStep`
+instead of plain SGD. Every K + 1 batches form one outer iteration:
 - K weight steps, mask fixed: task loss + lambda_w * F on theta (the fine-tuning optimiser);
 - one score step, weights fixed: task loss + lambda_m * F, whose gradient with respect to the
   masked weights z = m * theta gives, from that one backward,
       grad_scores = dL/dz * theta  -  ig_scale * dL/dz * (dL/dz * m)
   (straight-through to the scores, then BiP's first-order implicit-gradient correction
-  -(1/gamma) grad_z L * grad_theta L with grad_theta L = grad_z L * m); then the hard mask is
-  recomputed at exactly the target sparsity.
+  -(1/gamma) grad_z L * grad_theta L with grad_theta L = grad_z L * m), summed over the weights a
+  score gates; then the hard mask is recomputed at exactly the target sparsity.
 F is `parity_penalty` (half the difference of Wu et al.'s F and its mirror, see fairness.surrogate). `bifp_lagrangian`
 instead constrains each group's surrogate error to at most the groups' mean + `tolerance`, with one
 cooper multiplier per group, updated by dual ascent at every weight step and used by both levels.
+
+`bifp_uns` has a score per weight and one global top-k. `bifp_str` has a score per output channel of
+each Torch-Pruning dependency group (the channels a residual addition couples share one score); a
+channel's mask zeroes its filters, biases and BatchNorm affine parameters, so its activation is
+exactly zero, and at the end the masked channels are removed through the same dependency graph as
+FPGM: the exported, physically smaller model computes what the masked one did.
 """
 from __future__ import annotations
+
+import copy
 
 import cooper
 import torch
 import torch.nn.functional as F
+import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from fairprune.config import BifpParams
 from fairprune.device import autocast
 from fairprune.fairness.surrogate import parity_penalty, surrogate_errors
-from fairprune.pruning.base import PruneContext, PruningMethod, keep_top_masks, prunable_weights, register
-from fairprune.pruning.unstructured import KeepTopScores
+from fairprune.pruning.base import (PruneContext, PruningMethod, keep_top_masks, make_permanent, prunable_weights,
+                                    register)
+from fairprune.pruning.structured import L1Filter, output_layer
+
+
+class WeightScores:
+    """A score per prunable weight; the mask keeps the `keep` highest scores across all layers."""
+
+    def __init__(self, targets: list[tuple[nn.Module, str]], scores: list[torch.Tensor], keep: int):
+        self.targets, self.scores, self.keep = targets, scores, keep
+
+    def masks(self, scores: list[torch.Tensor]) -> list[torch.Tensor]:
+        return keep_top_masks(scores, self.keep)
+
+    def score_grads(self, per_weight: list[torch.Tensor]) -> list[torch.Tensor]:
+        return per_weight
+
+
+class ChannelScores:
+    """A score per output channel of each dependency group; each group keeps its `keeps[g]` best.
+
+    `gated[i] = (group, dim-0 channel index per group channel)` says which channels of target i
+    each group channel gates: the filters (dim 0) of its convolutions and linear layers, their
+    biases, and its BatchNorm weights and biases."""
+
+    def __init__(self, targets, gated, scores: list[torch.Tensor], keeps: list[int]):
+        self.targets, self.gated, self.scores, self.keeps = targets, gated, scores, keeps
+
+    def masks(self, scores: list[torch.Tensor]) -> list[torch.Tensor]:
+        channel_masks = []
+        for score, keep in zip(scores, self.keeps):
+            mask = torch.zeros_like(score)
+            mask[torch.topk(score, keep).indices] = 1
+            channel_masks.append(mask)
+        masks = []
+        for (module, name), (group, channels) in zip(self.targets, self.gated):
+            param = getattr(module, f"{name}_orig", None)
+            param = getattr(module, name) if param is None else param
+            mask = torch.ones(param.shape[0], device=param.device, dtype=param.dtype)
+            mask[channels] = channel_masks[group].to(param.dtype)
+            masks.append(mask.view(-1, *[1] * (param.dim() - 1)).expand_as(param).clone())
+        return masks
+
+    def score_grads(self, per_weight: list[torch.Tensor]) -> list[torch.Tensor]:
+        grads = [torch.zeros_like(s) for s in self.scores]
+        for g, (group, channels) in zip(per_weight, self.gated):
+            grads[group] += g.flatten(1).sum(dim=1)[channels] if g.dim() > 1 else g[channels]
+        return grads
 
 
 class BifpUnstructured(PruningMethod):
@@ -43,33 +98,104 @@ class BifpUnstructured(PruningMethod):
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> nn.Module:
         self.bifp = self.settings(ctx)
-        self.targets = prunable_weights(model, ctx.exclude_output_layer)
-        weights = [getattr(m, n).detach() for m, n in self.targets]
-        if self.bifp.score_init == "magnitude":
-            self.scores = [w.abs().clone() for w in weights]
-        else:
-            generator = torch.Generator().manual_seed(ctx.seed)
-            self.scores = [torch.rand(w.shape, generator=generator).to(w.device) * w.abs().mean() for w in weights]
-        total = sum(w.numel() for w in weights)
-        self.keep = total - torch_prune._compute_nparams_toprune(sparsity, total)
         self.num_groups = ctx.data.num_groups
-        torch_prune.global_unstructured(self.targets, pruning_method=KeepTopScores, amount=sparsity,
-                                        importance_scores=dict(zip(self.targets, self.scores)))
+        self.layout = self.score_layout(model, sparsity, ctx)
+        for (module, name), mask in zip(self.layout.targets, self.layout.masks(self.layout.scores)):
+            torch_prune.custom_from_mask(module, name, mask)
         return model
 
+    def score_layout(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> WeightScores:
+        targets = prunable_weights(model, ctx.exclude_output_layer)
+        weights = [getattr(m, n).detach() for m, n in targets]
+        scores = [self.initial_scores(w.abs(), ctx.seed) for w in weights]
+        total = sum(w.numel() for w in weights)
+        return WeightScores(targets, scores, keep=total - torch_prune._compute_nparams_toprune(sparsity, total))
+
+    def initial_scores(self, magnitude: torch.Tensor, seed: int) -> torch.Tensor:
+        if self.bifp.score_init == "magnitude":
+            return magnitude.clone()
+        generator = torch.Generator().manual_seed(seed)
+        return torch.rand(magnitude.shape, generator=generator).to(magnitude.device) * magnitude.mean()
+
     def training_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> "BifpStep":
-        return BifpStep(model, optimizer, self.targets, self.scores, self.keep, self.num_groups, self.bifp,
-                        device, self.lagrangian)
+        return BifpStep(model, optimizer, self.layout, self.num_groups, self.bifp, device, self.lagrangian)
+
+
+@register
+class BifpStructured(BifpUnstructured):
+    """A score per output channel (per dependency group), exported to a physically smaller model."""
+
+    name = "bifp_str"
+    structured = True
+    OUT_LAYERS = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+    def score_layout(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> ChannelScores:
+        # The channels each group keeps: those of the L1-filter model at this sparsity (same count
+        # per group, found by the same bisection), so the export has exactly its parameter count.
+        self.export_twin = L1Filter().prune(copy.deepcopy(model), sparsity, ctx)
+        kept = dict(self.export_twin.named_modules())
+        names = {module: name for name, module in model.named_modules()}
+        graph = self.dependency_graph(model, ctx.data.input_shape)
+        self.roots, targets, gated, scores, keeps = [], [], [], [], []
+        for index, group in enumerate(graph.get_all_groups(ignored_layers=[output_layer(model)],
+                                                           root_module_types=[nn.Conv2d, nn.Linear])):
+            root = group[0][0].target.module
+            self.roots.append(names[root])
+            keeps.append(kept[names[root]].weight.shape[0])
+            magnitude, count = 0.0, 0
+            for dep, idxs in group:
+                layer = dep.layer
+                if dep.pruning_fn.__name__ != "prune_out_channels" or not isinstance(layer, self.OUT_LAYERS):
+                    continue
+                for param_name in ("weight", "bias"):
+                    param = getattr(layer, param_name, None)
+                    if param is None or any(t == (layer, param_name) for t in targets):
+                        continue
+                    channels = torch.as_tensor([int(i) for i in idxs])
+                    targets.append((layer, param_name))
+                    gated.append((index, channels))
+                    if not isinstance(layer, nn.modules.batchnorm._BatchNorm) and param_name == "weight":
+                        magnitude = magnitude + param.detach()[channels].abs().flatten(1).sum(dim=1)
+                        count += param[0].numel()
+            scores.append(self.initial_scores(magnitude / count, ctx.seed + index))
+        return ChannelScores(targets, gated, scores, keeps)
+
+    @staticmethod
+    def dependency_graph(model: nn.Module, input_shape) -> tp.DependencyGraph:
+        example = torch.rand(1, *input_shape, device=next(model.parameters()).device)
+        was_training = model.training
+        with torch.enable_grad():  # Torch-Pruning traces through autograd
+            graph = tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example)
+        model.train(was_training)
+        return graph
+
+    def finish(self, model: nn.Module) -> nn.Module:
+        """Fold the masks in, then remove every masked channel through the dependency graph."""
+        masks = self.layout.masks([s.detach().cpu() for s in self.layout.scores])
+        channel_masks = {}
+        for (group, channels), mask in zip(self.layout.gated, masks):
+            channel_masks.setdefault(group, mask.flatten(1)[channels, 0] if mask.dim() > 1 else mask[channels])
+        make_permanent(model)
+        modules = dict(model.named_modules())
+        graph = self.dependency_graph(model, model.input_shape)
+        for group, root_name in enumerate(self.roots):
+            root = modules[root_name]
+            removed = torch.nonzero(channel_masks[group].cpu() == 0).flatten().tolist()
+            if removed:
+                fn = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
+                graph.get_pruning_group(root, fn, idxs=removed).prune()
+        return model
 
 
 class BifpStep:
     """One batch of BiFP's alternation; a drop-in for training.PlainStep inside training.fit."""
 
-    def __init__(self, model, optimizer, targets, scores, keep: int, num_groups: int, bifp: BifpParams,
+    def __init__(self, model, optimizer, layout: WeightScores | ChannelScores, num_groups: int, bifp: BifpParams,
                  device: torch.device, lagrangian: bool):
-        self.model, self.optimizer, self.targets, self.keep = model, optimizer, targets, keep
+        self.model, self.optimizer, self.layout = model, optimizer, layout
         self.num_groups, self.bifp, self.device = num_groups, bifp, device
-        self.scores = [s.to(device).requires_grad_() for s in scores]
+        self.scores = [s.to(device).requires_grad_() for s in layout.scores]
+        layout.scores = self.scores
         self.score_optimizer = torch.optim.Adam(self.scores, lr=bifp.score_lr)
         self.calls = 0
         self.multiplier = None
@@ -118,21 +244,23 @@ class BifpStep:
         with autocast(self.device):
             logits = self.model(x)
         loss, task, _ = self._objective(logits, y, groups, self.bifp.lambda_m)
-        masked = [getattr(m, n) for m, n in self.targets]  # the pruning hook's m * theta of this forward
+        masked = [getattr(m, n) for m, n in self.layout.targets]  # the pruning hooks' m * theta of this forward
         grads = torch.autograd.grad(loss, masked)
         with torch.no_grad():
-            for score, g, (module, name) in zip(self.scores, grads, self.targets):
+            per_weight = []
+            for g, (module, name) in zip(grads, self.layout.targets):
                 theta, mask = getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask")
-                g = g.to(score.dtype)
-                score.grad = g * theta - self.bifp.ig_scale * g * (g * mask)
+                g = g.float()
+                per_weight.append(g * theta - self.bifp.ig_scale * g * (g * mask))
+            for score, grad in zip(self.scores, self.layout.score_grads(per_weight)):
+                score.grad = grad.to(score.dtype)
             self.score_optimizer.step()
             self.refresh_masks()
         return task.detach(), logits.detach()
 
     def refresh_masks(self) -> None:
         with torch.no_grad():
-            for mask, (module, name) in zip(keep_top_masks([s.detach() for s in self.scores], self.keep),
-                                            self.targets):
+            for mask, (module, name) in zip(self.layout.masks([s.detach() for s in self.scores]), self.layout.targets):
                 getattr(module, f"{name}_mask").copy_(mask)
 
     def state_dict(self) -> dict:

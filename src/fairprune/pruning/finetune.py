@@ -80,7 +80,9 @@ def prune_and_finetune(params: Params, method_spec: str, sparsity: float, seed: 
                                 "finetune_epochs": params.finetune.epochs},
                        retrain=retrain, rewind_state=dense_extra.get("rewind_state"), log=log)
     model = method.prune(model, sparsity, ctx)
-    at_pruning = size_of(model, method.structured, dense_params, params.prune.exclude_output_layer)
+    # A method that exports its structure only after fine-tuning keeps a same-shaped twin to size it now.
+    shaped = getattr(method, "export_twin", model)
+    at_pruning = size_of(shaped, method.structured, dense_params, params.prune.exclude_output_layer)
     if after_pruning:
         after_pruning()
     mitigation = params.mitigation if arm in MITIGATED_FINETUNE_ARMS else None
@@ -88,5 +90,6 @@ def prune_and_finetune(params: Params, method_spec: str, sparsity: float, seed: 
                            resume_key=resume_key, log=log, desc=f"finetune {key_name}", extra_state=extra_state,
                            before_epoch=lambda e: method.before_finetune_epoch(model, e, params.finetune.epochs),
                            mitigation=mitigation, step_factory=_mask_training(method, device))
+    model = method.finish(model)
     return PrunedRun(model=model, history=history, start=start, method=method, arm=arm,
                      dense_params=dense_params, at_pruning=at_pruning, dense_extra=dense_extra)

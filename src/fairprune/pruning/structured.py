@@ -49,6 +49,11 @@ def geometric_median_distance(filters: torch.Tensor) -> torch.Tensor:
     return torch.cdist(filters, filters, p=2).sum(dim=1)
 
 
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The classifier: never pruned structurally (that would remove classes)."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -63,9 +68,8 @@ class ChannelPruning(PruningMethod):
 
     def _pruned_copy(self, model: nn.Module, ratio: float, example: torch.Tensor) -> nn.Module:
         twin = copy.deepcopy(model)
-        output_layer = [m for m in twin.modules() if isinstance(m, nn.Linear)][-1]
         pruner = tp.pruner.BasePruner(twin, example, importance=self.importance(), pruning_ratio=ratio,
-                                      ignored_layers=[output_layer], global_pruning=False)
+                                      ignored_layers=[output_layer(twin)], global_pruning=False)
         pruner.step()
         return twin
 
