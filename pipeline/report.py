@@ -41,9 +41,10 @@ def dense_variants_table(params, table: pd.DataFrame) -> pd.DataFrame:
 
 def bifp_sections(params, table: pd.DataFrame, group_names: list[str], out) -> tuple[list[str], list]:
     """BiFP's claim table, efficiency (Figure 6) and ablations (Figure 7) when a BiFP method ran."""
+    sections, figures = tradeoff_section(params, table, out)
     if not any(m in report_bifp.BIFP for m in params.prune.methods):
-        return [], []
-    sparsity = report_bifp.nearest_sparsity(table, params.report.claims_sparsity)
+        return sections, figures
+    sparsity = report_bifp.nearest(params.prune.sparsities, params.report.claims_sparsity)
     dense = {}
     for seed in params.base.seeds:
         dense[(seed, "plain")] = artifacts.read_json(artifacts.train_metrics(seed, "plain"))
@@ -56,10 +57,13 @@ def bifp_sections(params, table: pd.DataFrame, group_names: list[str], out) -> t
     claims = report_bifp.claims_table(table, sparsity, params.prune.bifp.tolerance, efficiency)
     claims.to_csv(out / "bifp_claims.csv", index=False)
     efficiency.to_csv(out / "bifp_efficiency.csv", index=False)
-    figures = [report_bifp.efficiency_figure(curves, efficiency, out / "figures" / "bifp_efficiency.png"),
-               report_bifp.ablation_figure(table, sparsity, out / "figures" / "bifp_ablations.png")]
-    figures = [f for f in figures if f is not None]
-    sections = [f"## BiFP: the paper's claims at sparsity {sparsity:g} (evaluation split)",
+    landscape = artifacts.read_json(artifacts.LANDSCAPE_METRICS)
+    bifp_figures = [report_bifp.efficiency_figure(curves, efficiency, out / "figures" / "bifp_efficiency.png"),
+                    report_bifp.ablation_figure(table, sparsity, out / "figures" / "bifp_ablations.png"),
+                    report_bifp.landscape_figure(landscape, out / "figures" / "bifp_landscape.png")]
+    bifp_figures = [f for f in bifp_figures if f is not None]
+    figures += bifp_figures
+    sections += [f"## BiFP: the paper's claims at sparsity {sparsity:g} (evaluation split)",
                 "mean ± std over seeds; paired p: two-sided paired t-test across seeds of the two columns "
                 f"(significant below {report_bifp.SIGNIFICANCE}); n/a with fewer than two seeds",
                 markdown_table(claims),
@@ -69,8 +73,25 @@ def bifp_sections(params, table: pd.DataFrame, group_names: list[str], out) -> t
                                                        else str(params.report.target_gap))
                 + "; two-stage fair_then_prune is charged its fair dense training; epoch granularity",
                 markdown_table(report_bifp.efficiency_summary(efficiency), ".1f"),
-                *[f"![{p.stem}](figures/{p.name})" for p in figures]]
+                "Ablations (Figure 7) and the straight line from bifp_uns to each ablation (Figure 8: "
+                "alpha = 0 is BiFP, 1 the ablation; masks folded into the weights)",
+                *[f"![{p.stem}](figures/{p.name})" for p in bifp_figures]]
     return sections, figures
+
+
+def tradeoff_section(params, table: pd.DataFrame, out) -> tuple[list[str], list]:
+    """BiFP Figure 5 from the tradeoff stage, when it swept anything."""
+    tradeoff = artifacts.read_json(artifacts.TRADEOFF_METRICS)
+    summary = report_bifp.tradeoff_table(tradeoff)
+    if not len(summary):
+        return [], []
+    summary.to_csv(out / "tradeoff.csv", index=False)
+    figure = report_bifp.tradeoff_figure(summary, tradeoff, table, out / "figures" / "tradeoff.png")
+    sweeps = "; ".join(f"{m}: {', '.join(s.keys)}" for m, s in params.tradeoff.sweeps.items())
+    return [f"## Accuracy-fairness trade-off at sparsity {tradeoff['sparsity']:g} (BiFP Figure 5)",
+            f"swept: {sweeps}; mean over seeds {params.base.seeds}; lines join each method's Pareto front "
+            "(evaluation split); crosses: the matrix's other methods at this sparsity",
+            markdown_table(summary), f"![{figure.stem}](figures/{figure.name})"], [figure]
 
 
 def main(params, args, timer):

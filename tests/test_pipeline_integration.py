@@ -14,12 +14,15 @@ TINY = {
     "base": {"seeds": [0, 1], "threads": 1},
     "data": {"imbalance": {"groups": ["8"], "fraction": 0.3}},
     "train": {"epochs": 3, "variants": ["plain", "relaxed"]},
-    "prune": {"methods": ["magnitude", "magnitude+fair_both", "bifp_uns", "bifp_str"], "sparsities": [0.5, 0.9]},
+    "prune": {"methods": ["magnitude", "magnitude+fair_both", "bifp_uns", "bifp_str", "bifp_no_fair"],
+              "sparsities": [0.5, 0.9]},
     "finetune": {"epochs": 1},
     "diagnose": {"per_group": 32, "iterations": 3},
     "tune": {"trials": 2, "epochs": 1},
+    "tradeoff": {"sparsity": 0.9, "sweeps": {"bifp_uns": {"keys": ["prune.bifp.lambda_w", "prune.bifp.lambda_m"],
+                                                          "values": [0.0, 1.0]}}},
 }
-METHODS = ("magnitude", "magnitude+fair_both", "bifp_uns", "bifp_str")
+METHODS = ("magnitude", "magnitude+fair_both", "bifp_uns", "bifp_str", "bifp_no_fair")
 COPY = ["pipeline", "src", "dvc.yaml", ".dvcignore", ".gitignore"]
 
 
@@ -94,12 +97,28 @@ def test_bifp_claims_efficiency_and_structured_export(project):
     assert "bifp_uns: accuracy gap no larger than the dense model's" in claims and "bifp_str" in claims
     efficiency = (work / "reports" / "bifp_efficiency.csv").read_text().splitlines()
     assert len(efficiency) == 1 + len(METHODS) * 2  # one row per method and seed at the claims sparsity (0.5)
+    assert "removing a component hurts: bifp_no_fair" in claims
     assert (work / "reports" / "figures" / "bifp_efficiency.png").is_file()
     record = json.loads((work / "metrics" / "prune" / "bifp_str-0.9-s0.json").read_text())
     assert record["structured"] and record["params_total"] < 0.2 * record["params_dense"]
     assert [h["steps"] for h in record["history"]] == [record["history"][0]["steps"]]  # one epoch of passes
     evaluated = json.loads((work / "metrics" / "eval" / "bifp_uns-0.5-s0.json").read_text())
     assert evaluated["fairness"]["surrogate_excess"] >= 0
+
+
+def test_tradeoff_sweep_and_landscape_lines(project):
+    work, _ = project
+    tradeoff = json.loads((work / "metrics" / "tradeoff.json").read_text())
+    assert sorted((p["value"], p["seed"]) for p in tradeoff["points"]) == [(0.0, 0), (0.0, 1), (1.0, 0), (1.0, 1)]
+    assert all(0 <= p["test_accuracy"] <= 1 and p["test_accuracy_gap"] >= 0 for p in tradeoff["points"])
+    landscape = json.loads((work / "metrics" / "landscape.json").read_text())
+    assert [(line["ablation"], line["seed"]) for line in landscape["lines"]] == [("bifp_no_fair", 0), ("bifp_no_fair", 1)]
+    ends = landscape["lines"][0]["points"]
+    evaluated = json.loads((work / "metrics" / "eval" / "bifp_uns-0.5-s0.json").read_text())
+    assert len(ends) == 11 and abs(ends[0]["accuracy"] - evaluated["accuracy"]) < 1e-9  # alpha 0 is bifp_uns itself
+    for figure in ("tradeoff.png", "bifp_landscape.png", "bifp_ablations.png"):
+        assert (work / "reports" / "figures" / figure).is_file()
+    assert "Figure 5" in (work / "reports" / "README.md").read_text()
 
 
 def test_eval_metrics_match_predictions(project):
@@ -132,8 +151,9 @@ def test_nothing_to_do_after_repro_and_param_change_reruns_only_affected(project
         changed = set(json.loads(sh(["dvc", "status", "--json"], work, env)))
     finally:
         (work / "params.yaml").write_text(original)
-    # tune fine-tunes too, with tune.epochs when set, but it depends on the whole finetune section.
-    assert changed == {f"prune@{m}-{s}-{seed}" for m in METHODS for s in ("0.5", "0.9") for seed in (0, 1)} | {"tune"}
+    # tune and tradeoff fine-tune too (tune with tune.epochs when set); both depend on the finetune section.
+    assert changed == ({f"prune@{m}-{s}-{seed}" for m in METHODS for s in ("0.5", "0.9") for seed in (0, 1)}
+                       | {"tune", "tradeoff"})
 
 
 def test_mlflow_has_a_run_per_stage_with_group_metrics_and_reloadable_models(project):
@@ -150,8 +170,8 @@ def test_mlflow_has_a_run_per_stage_with_group_metrics_and_reloadable_models(pro
     for run in runs:
         if "mlflow.parentRunId" not in run.data.tags:
             by_stage.setdefault(run.data.tags["stage"], []).append(run)
-    assert {k: len(v) for k, v in by_stage.items()} == {"prepare": 1, "train": 4, "prune": 16, "evaluate": 1,
-                                                        "diagnose": 1, "report": 1, "tune": 1}
+    assert {k: len(v) for k, v in by_stage.items()} == {"prepare": 1, "train": 4, "prune": 20, "evaluate": 1,
+                                                        "diagnose": 1, "report": 1, "tune": 1, "tradeoff": 1}
     for run in by_stage["prune"]:
         tags = run.data.tags
         assert tags["method"] in METHODS and tags["dvc_stage"].startswith(f"prune@{tags['method']}-")
@@ -161,9 +181,9 @@ def test_mlflow_has_a_run_per_stage_with_group_metrics_and_reloadable_models(pro
     assert history and all(np.isfinite(m.value) for m in history)
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     evaluated = [r for r in nested if r.data.tags["stage"] == "evaluate"]
-    assert len(evaluated) == 20 and all("acc/8" in r.data.metrics for r in evaluated)
+    assert len(evaluated) == 24 and all("acc/8" in r.data.metrics for r in evaluated)
     diagnosed = [r for r in nested if r.data.tags["stage"] == "diagnose"]
-    assert len(diagnosed) == 20 and all("grad_norm/8" in r.data.metrics for r in diagnosed)
+    assert len(diagnosed) == 24 and all("grad_norm/8" in r.data.metrics for r in diagnosed)
     train = by_stage["train"][0]
     assert "val_acc/8" in train.data.metrics and "train.lr" in train.data.params
     mlflow.set_tracking_uri(uri)

@@ -27,6 +27,8 @@ def sparsity_label(sparsity: float) -> str:
 
 DIAGNOSE_DIR = Path("metrics/diagnose")
 DIAGNOSE_METRICS = Path("metrics/diagnose.json")
+TRADEOFF_METRICS = Path("metrics/tradeoff.json")
+LANDSCAPE_METRICS = Path("metrics/landscape.json")
 
 
 def dense_dir(seed: int) -> Path:

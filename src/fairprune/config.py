@@ -331,19 +331,52 @@ class TuneParams(_Section):
     @field_validator("search")
     @classmethod
     def _tunable_keys(cls, search: dict[str, SearchRange]) -> dict[str, SearchRange]:
-        sections = {"finetune": FinetuneParams, "mitigation": MitigationParams, "prune": PruneParams}
         for key in search:
-            section, *path = key.split(".")
-            model = sections.get(section) if section in TUNABLE_SECTIONS else None
-            for part in path[:-1]:  # nested settings such as prune.bifp.lambda_w
-                field = model.model_fields.get(part) if model else None
-                annotation = field.annotation if field else None
-                model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-            if model is None or not path or path[-1] not in model.model_fields or key in FIXED_KEYS:
-                raise ParamsError(f"tune.search.{key}", key, "a dotted key of a section a trial can change "
-                                  f"({', '.join(TUNABLE_SECTIONS)}), e.g. mitigation.dual_lr; not "
-                                  f"{' or '.join(FIXED_KEYS)}")
+            _check_tunable_key(f"tune.search.{key}", key)
         return search
+
+
+def _check_tunable_key(where: str, key: str) -> None:
+    """`key` must name a setting that prune + fine-tune from a trained dense model can change."""
+    sections = {"finetune": FinetuneParams, "mitigation": MitigationParams, "prune": PruneParams}
+    section, *path = key.split(".")
+    model = sections.get(section) if section in TUNABLE_SECTIONS else None
+    for part in path[:-1]:  # nested settings such as prune.bifp.lambda_w
+        field = model.model_fields.get(part) if model else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if model is None or not path or path[-1] not in model.model_fields or key in FIXED_KEYS:
+        raise ParamsError(where, key, "a dotted key of a section a trial can change "
+                          f"({', '.join(TUNABLE_SECTIONS)}), e.g. mitigation.dual_lr; not "
+                          f"{' or '.join(FIXED_KEYS)}")
+
+
+class TradeoffSweep(_Section):
+    keys: list[str] = Field(min_length=1)  # dotted keys, all set to each value in turn (e.g. lambda_w and lambda_m)
+    values: list[float | int | str | bool] = Field(min_length=1)
+
+
+class TradeoffParams(_Section):
+    """BiFP Figure 5: accuracy versus fairness at one sparsity, each method swept along its fairness knob."""
+
+    sparsity: float = Field(default=0.7, ge=0.0, lt=1.0)
+    sweeps: dict[str, TradeoffSweep] = {}  # method -> sweep; empty: the stage has nothing to do
+
+    @field_validator("sweeps")
+    @classmethod
+    def _sweepable(cls, sweeps: dict[str, TradeoffSweep]) -> dict[str, TradeoffSweep]:
+        from fairprune.pruning import available_methods, get_method
+
+        for method, sweep in sweeps.items():
+            name, arm = split_arm(method)
+            trains_mask = name in available_methods() and getattr(get_method(name), "trains_mask", False)
+            if name not in available_methods() or arm not in ("", "fair_aft") or (arm and trains_mask):
+                raise ParamsError(f"tradeoff.sweeps.{method}", method, "a pruning method, or a non-BiFP one with "
+                                  "+fair_aft: a sweep fine-tunes from the plain dense models (it cannot retrain the "
+                                  "mitigated one) and BiFP brings its own fairness objective")
+            for key in sweep.keys:
+                _check_tunable_key(f"tradeoff.sweeps.{method}.keys", key)
+        return sweeps
 
 
 class Params(_Section):
@@ -358,6 +391,7 @@ class Params(_Section):
     diagnose: DiagnoseParams = DiagnoseParams()
     report: ReportParams = ReportParams()
     tune: TuneParams = TuneParams()
+    tradeoff: TradeoffParams = TradeoffParams()
 
     @model_validator(mode="after")
     def _fair_dense_is_trained(self) -> "Params":
@@ -385,21 +419,28 @@ class Params(_Section):
 
 
 def _check_search_values(params: Params) -> None:
-    """Every end of a searched range and every choice must be a valid value of its key."""
+    """Every end of a searched range, every choice and every swept value must be valid for its key."""
     for key, space in params.tune.search.items():
-        section, *path = key.split(".")
-        current = getattr(params, section)
-        for part in path[:-1]:
-            current = getattr(current, part)
-        name = path[-1]
         candidates = space.choices if space.choices is not None else [space.low, space.high]
         for value in candidates:
-            try:
-                type(current).model_validate({**current.model_dump(), name: value})
-            except ValidationError as exc:
-                raise ParamsError(f"tune.search.{key}", value, f"a value {key} accepts: {exc.errors()[0]['msg']}") from None
-            except ParamsError as exc:
-                raise ParamsError(f"tune.search.{key}", value, f"a value {key} accepts: {exc}") from None
+            _check_value(params, f"tune.search.{key}", key, value)
+    for method, sweep in params.tradeoff.sweeps.items():
+        for key in sweep.keys:
+            for value in sweep.values:
+                _check_value(params, f"tradeoff.sweeps.{method}.values", key, value)
+
+
+def _check_value(params: Params, where: str, key: str, value) -> None:
+    section, *path = key.split(".")
+    current = getattr(params, section)
+    for part in path[:-1]:
+        current = getattr(current, part)
+    try:
+        type(current).model_validate({**current.model_dump(), path[-1]: value})
+    except ValidationError as exc:
+        raise ParamsError(where, value, f"a value {key} accepts: {exc.errors()[0]['msg']}") from None
+    except ParamsError as exc:
+        raise ParamsError(where, value, f"a value {key} accepts: {exc}") from None
 
 
 def _describe(error: dict[str, Any], section_fields: dict[str, list[str]]) -> ParamsError:
@@ -471,6 +512,18 @@ def merge_into(base, override: dict) -> None:
             merge_into(base[key], value)
         else:
             base[key] = value
+
+
+def nested_override(values: dict[str, Any]) -> dict[str, Any]:
+    """{'prune.bifp.lambda_w': 1.0} -> {'prune': {'bifp': {'lambda_w': 1.0}}}, for merge_into."""
+    override: dict[str, Any] = {}
+    for key, value in values.items():
+        *parents, name = key.split(".")
+        node = override
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[name] = value
+    return override
 
 
 def lottery_series(rounds: int) -> list[float]:

@@ -26,11 +26,12 @@ PAPER_REDUCTION = 0.94  # BiFP: "94% fewer training iterations" than the two-sta
 SIGNIFICANCE = 0.05
 
 
-def nearest_sparsity(table: pd.DataFrame, wanted: float | None) -> float | None:
-    pruned = sorted(table.loc[~table.method.str.startswith("dense"), "sparsity"].unique())
-    if not pruned:
+def nearest(sparsities, wanted: float | None) -> float | None:
+    """The sparsity of the matrix the claims are checked at: `wanted`, or the one nearest 0.7."""
+    sparsities = sorted(set(sparsities))
+    if not sparsities:
         return None
-    return min(pruned, key=lambda s: abs(s - (0.7 if wanted is None else wanted)))
+    return min(sparsities, key=lambda s: abs(s - (0.7 if wanted is None else wanted)))
 
 
 def _by_seed(table: pd.DataFrame, method: str, sparsity: float | None, column: str) -> pd.Series:
@@ -187,4 +188,68 @@ def ablation_figure(table: pd.DataFrame, sparsity: float, out: Path) -> Path | N
         ax.tick_params(axis="x", rotation=30)
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylim(max(0.0, grouped[("accuracy", "mean")].min() - 0.05), None)
+    return save_figure(fig, out)
+
+
+def pareto_front(points: pd.DataFrame, accuracy: str, gap: str) -> pd.DataFrame:
+    """The points no other point beats on both accuracy (higher) and gap (lower), by accuracy."""
+    ordered = points.sort_values([accuracy, gap], ascending=[False, True])
+    front, best_gap = [], float("inf")
+    for _, row in ordered.iterrows():
+        if row[gap] < best_gap:
+            front.append(row)
+            best_gap = row[gap]
+    return pd.DataFrame(front)
+
+
+def tradeoff_table(tradeoff: dict) -> pd.DataFrame:
+    """Mean over seeds per (method, swept value), on validation and the evaluation split."""
+    if not tradeoff.get("points"):
+        return pd.DataFrame()
+    split = tradeoff["split"]
+    frame = pd.DataFrame(tradeoff["points"])
+    frame["value"] = frame["value"].astype(str)
+    columns = ["val_accuracy", "val_accuracy_gap", f"{split}_accuracy", f"{split}_accuracy_gap", "train_s"]
+    return frame.groupby(["method", "value"], sort=False)[columns].mean().reset_index()
+
+
+def tradeoff_figure(summary: pd.DataFrame, tradeoff: dict, table: pd.DataFrame, out: Path) -> Path:
+    split, sparsity = tradeoff["split"], tradeoff["sparsity"]
+    accuracy, gap = f"{split}_accuracy", f"{split}_accuracy_gap"
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for method, points in summary.groupby("method", sort=False):
+        line = ax.scatter(points[accuracy], points[gap], alpha=0.5)
+        front = pareto_front(points, accuracy, gap)
+        ax.plot(front[accuracy], front[gap], marker="o", color=line.get_facecolor()[0], label=f"{method} (front)")
+        for _, row in points.iterrows():
+            ax.annotate(row["value"], (row[accuracy], row[gap]), fontsize=6, alpha=0.7)
+    fixed = table[(table.sparsity == sparsity) & ~table.method.isin(summary.method.unique())
+                  & ~table.method.str.startswith("bifp")]
+    for method, part in fixed.groupby("method"):
+        ax.scatter(part.accuracy.mean(), part.accuracy_gap.mean(), marker="x", s=60, label=method)
+    dense = table[table.method == "dense"]
+    ax.scatter(dense.accuracy.mean(), dense.accuracy_gap.mean(), marker="*", s=120, color="black", label="dense")
+    ax.set(xlabel=f"{split} accuracy", ylabel=f"{split} accuracy gap",
+           title=f"Figure 5: accuracy-fairness trade-off at sparsity {sparsity:g}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out)
+
+
+def landscape_figure(landscape: dict, out: Path) -> Path | None:
+    if not landscape.get("lines"):
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    by_ablation: dict[str, list] = {}
+    for line in landscape["lines"]:
+        by_ablation.setdefault(line["ablation"], []).append(pd.DataFrame(line["points"]))
+    for ablation, frames in by_ablation.items():
+        mean = pd.concat(frames).groupby("alpha").mean().reset_index()
+        for ax, column in zip(axes, ("loss", "accuracy", "accuracy_gap")):
+            ax.plot(mean.alpha, mean[column], marker="o", label=ablation)
+    for ax, column in zip(axes, ("loss", "accuracy", "accuracy_gap")):
+        ax.set(xlabel="alpha (0 = bifp_uns, 1 = ablation)", ylabel=f"{landscape['split']} {column}")
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"Figure 8: straight line from BiFP to each ablation (sparsity {landscape['sparsity']:g})")
+    axes[0].legend(fontsize=7)
     return save_figure(fig, out)

@@ -34,15 +34,9 @@ def suggest(trial: optuna.Trial, search: dict[str, SearchRange]) -> dict[str, An
 
 def overrides_of(params: Params, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The searched values as a nested params override, with the trial's fine-tuning epochs."""
-    nested: dict[str, dict[str, Any]] = {}
+    nested = config.nested_override(values)
     if params.tune.epochs is not None:
-        nested["finetune"] = {"epochs": params.tune.epochs}
-    for key, value in values.items():
-        *parents, name = key.split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[name] = value
+        config.merge_into(nested, {"finetune": {"epochs": params.tune.epochs}})
     return nested
 
 
@@ -70,25 +64,33 @@ class TrialRunner:
         self.params, self.device = params, device
         self.parent_run_id, self.experiment_id = parent_run_id, experiment_id
         self.data = load_prepared(artifacts.PREPARED)
-        self.dense, _ = models.load(artifacts.dense_model(params.tune.seed))
-        self.dense_stats: dict[str, GroupStats] = {}  # per split, on first use (test only for the summary)
+        self.dense_stats: dict[tuple[int, str], GroupStats] = {}  # per (seed, split), on first use
 
     def _predict(self, model, split: str):
         return evaluate_split(model, self.data, split, self.params.evaluate.batch_size, self.device)
 
-    def score(self, params: Params, splits=("val",), log=None) -> dict[str, Scores]:
-        """Prune and fine-tune with `params`, then score each split against the dense model."""
+    def _dense_stats(self, seed: int, split: str) -> GroupStats:
+        if (seed, split) not in self.dense_stats:
+            dense, _ = models.load(artifacts.dense_model(seed))
+            self.dense_stats[(seed, split)] = self._predict(dense, split).stats()
+        return self.dense_stats[(seed, split)]
+
+    def score(self, params: Params, splits=("val",), log=None, method: str | None = None,
+              sparsity: float | None = None, seed: int | None = None) -> dict[str, Scores]:
+        """Prune and fine-tune with `params` (tune.method / sparsity / seed unless given), then score
+        each split against the dense model."""
         tune = params.tune
-        seed_everything(tune.seed)
+        method = method or tune.method
+        sparsity = tune.sparsity if sparsity is None else sparsity
+        seed = tune.seed if seed is None else seed
+        seed_everything(seed)
         start = time.perf_counter()
-        result = prune_and_finetune(params, tune.method, tune.sparsity, tune.seed, self.data, self.device, log=log)
+        result = prune_and_finetune(params, method, sparsity, seed, self.data, self.device, log=log)
         train_s = time.perf_counter() - start
         scores = {}
         for split in splits:
             stats: GroupStats = self._predict(result.model, split).stats()
-            if split not in self.dense_stats:
-                self.dense_stats[split] = self._predict(self.dense, split).stats()
-            gaps = fairness_gaps(stats, self.dense_stats[split])
+            gaps = fairness_gaps(stats, self._dense_stats(seed, split))
             if tune.gap not in gaps:
                 raise FairpruneError(f"tune.gap = {tune.gap} needs a binary target; this data has "
                                      f"{self.data.num_classes} classes; pick accuracy_gap or excess_loss_gap")
