@@ -84,6 +84,16 @@ def test_surrogates_bound_the_accuracy_gap_both_ways(surrogate):
     assert parity_penalty(logits, y, torch.zeros_like(groups), 3).item() == 0.0
 
 
+def test_sigmoid_penalty_is_a_soft_accuracy_gap_that_confident_samples_cannot_dominate():
+    y, groups = torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 1, 1])
+    right, wrong = [20.0, 0.0], [0.0, 20.0]
+    half_wrong = torch.tensor([right, right, right, wrong])  # group 0 all right, group 1 half right
+    assert parity_penalty(half_wrong, y, groups, 2, "sigmoid").item() == pytest.approx(0.5, abs=1e-6)
+    confident = torch.tensor([[200.0, 0.0], [200.0, 0.0], right, right])  # every sample right
+    assert parity_penalty(confident, y, groups, 2, "sigmoid").item() == pytest.approx(0.0, abs=1e-6)
+    assert parity_penalty(confident, y, groups, 2, "logistic").item() > 50  # the mean-margin gap
+
+
 def test_score_gradient_matches_finite_differences_of_the_loss_in_the_masked_weights():
     model, step = bifp_step("bifp_uns", 0.5, lambda_m=0.5, ig_scale=3.0, score_lr=1e-3)
     x, y, groups = batch()

@@ -205,7 +205,7 @@ class BifpParams(_Section):
     ig_scale: float = Field(default=1.0, ge=0.0)  # 1/gamma of BiP's implicit-gradient correction; 0 = off
     score_lr: float = Field(default=1e-3, gt=0.0)  # Adam on the mask scores
     score_init: Literal["magnitude", "random"] = "magnitude"  # magnitude: the first mask is magnitude pruning's
-    surrogate: Literal["logistic", "hinge", "linear"] = "logistic"  # convex upper bound u of the indicator
+    surrogate: Literal["logistic", "hinge", "linear", "sigmoid"] = "logistic"  # stand-in u for the 0/1 indicator
     tolerance: float = Field(default=0.02, ge=0.0)  # bifp_lagrangian: allowed excess of a group's surrogate error
     dual_lr: float = Field(default=0.01, gt=0.0)  # bifp_lagrangian: multiplier step size
 

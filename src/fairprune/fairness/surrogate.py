@@ -12,9 +12,13 @@ groups F_0 is the paper's F and F_1 = F'_0. Both bounds cannot be small at once:
 and hinge u, F_a + F'_a >= 2 - 1 - 1 + 2 = 2 whatever the model, with equality only when every
 margin is 0, so penalising max(F, F') drives all margins to the decision boundary (measured on
 the digits: accuracy 0.96 -> 0.59). `parity_penalty` therefore penalises the half-difference
-(F_a - F'_a) / 2 = (D_a - D_{not a}) / 2 with D = mean(u(z) - u(-z)), which is 0 at parity:
-the mean margin (divided by ln 2) for the logistic u, twice the margin clipped to [-1, 1] for the
-hinge (close to 2 (2 acc - 1) once margins are large, so it tracks accuracy parity itself).
+(F_a - F'_a) / 2 = (D_a - D_{not a}) / 2 with D = mean(u(z) - u(-z)), which is 0 at parity.
+For the logistic u, u(z) - u(-z) = z / ln 2 and for the hinge z + clip(z, -1, 1): both make D a
+mean margin, unbounded, so the penalty is dominated by the most confident samples and can be
+lowered by shrinking the better group's margins (levelling down) rather than fixing the worse
+group's errors. The `sigmoid` u (not convex, not a bound: the smooth indicator sigmoid(t)) gives
+u(z) - u(-z) = tanh(z / 2), so D is a soft 2 acc - 1 in [-1, 1] and the penalty a soft accuracy
+gap; its `surrogate_errors` are soft error rates.
 For more than two groups each group is compared with the rest and the largest is penalised.
 
 `surrogate_errors` gives each group's mean u(-z), an upper bound of its error rate; BiFP's
@@ -31,6 +35,7 @@ SURROGATES = {
     "logistic": lambda t: F.softplus(t) / math.log(2.0),  # log2(1 + e^t)
     "hinge": lambda t: torch.relu(1.0 + t),
     "linear": lambda t: 1.0 + t,
+    "sigmoid": torch.sigmoid,
 }
 
 
