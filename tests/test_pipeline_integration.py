@@ -20,7 +20,8 @@ TINY = {
     "diagnose": {"per_group": 32, "iterations": 3},
     "tune": {"trials": 2, "epochs": 1},
     "tradeoff": {"sparsity": 0.9, "sweeps": {"bifp_uns": {"keys": ["prune.bifp.lambda_w", "prune.bifp.lambda_m"],
-                                                          "values": [0.0, 1.0]}}},
+                                                          "values": [0.0, 1.0]},
+                                          "magnitude+fair_aft": {"keys": ["mitigation.tolerance"], "values": [0.05]}}},
 }
 METHODS = ("magnitude", "magnitude+fair_both", "bifp_uns", "bifp_str", "bifp_no_fair")
 COPY = ["pipeline", "src", "dvc.yaml", ".dvcignore", ".gitignore"]
@@ -109,7 +110,9 @@ def test_bifp_claims_efficiency_and_structured_export(project):
 def test_tradeoff_sweep_and_landscape_lines(project):
     work, _ = project
     tradeoff = json.loads((work / "metrics" / "tradeoff.json").read_text())
-    assert sorted((p["value"], p["seed"]) for p in tradeoff["points"]) == [(0.0, 0), (0.0, 1), (1.0, 0), (1.0, 1)]
+    assert sorted((p["method"], p["value"], p["seed"]) for p in tradeoff["points"]) == [
+        ("bifp_uns", 0.0, 0), ("bifp_uns", 0.0, 1), ("bifp_uns", 1.0, 0), ("bifp_uns", 1.0, 1),
+        ("magnitude+fair_aft", 0.05, 0), ("magnitude+fair_aft", 0.05, 1)]
     assert all(0 <= p["test_accuracy"] <= 1 and p["test_accuracy_gap"] >= 0 for p in tradeoff["points"])
     landscape = json.loads((work / "metrics" / "landscape.json").read_text())
     assert [(line["ablation"], line["seed"]) for line in landscape["lines"]] == [("bifp_no_fair", 0), ("bifp_no_fair", 1)]

@@ -98,12 +98,12 @@ def stage_run(base: BaseParams, stage: str, dvc_stage: str, params: dict, run_id
     mlflow.set_experiment(experiment_id=experiment_id)
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=name, tags=all_tags) as run:
         if run_id is None:
-            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
+            mlflow.log_params({metric_name(k): str(v)[:6000] for k, v in flatten(params).items()})
         yield run
 
 
 def metric_name(name: str) -> str:
-    """MLflow metric names allow letters, digits, _ - . / and spaces."""
+    """MLflow metric and param names allow letters, digits, _ - . / and spaces ('+' of method arms not)."""
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
 
