@@ -36,10 +36,12 @@ def test_efficiency_counts_passes_to_the_first_epoch_meeting_both_targets_and_ch
 def test_claims_table_tests_seeds_pairwise():
     rows = []
     for seed, noise in enumerate([0.0, 0.01, -0.01, 0.02]):
-        rows += [{"method": "dense", "sparsity": 0.0, "seed": seed, "accuracy": 0.9, "accuracy_gap": 0.10 + noise},
-                 {"method": "magnitude", "sparsity": 0.7, "seed": seed, "accuracy": 0.88, "accuracy_gap": 0.30 + noise},
+        rows += [{"method": "dense", "sparsity": 0.0, "seed": seed, "accuracy": 0.9, "accuracy_gap": 0.10 + noise,
+                  "acc/a": 0.85, "acc/b": 0.95 + noise},
+                 {"method": "magnitude", "sparsity": 0.7, "seed": seed, "accuracy": 0.88, "accuracy_gap": 0.30 + noise,
+                  "acc/a": 0.70 - noise, "acc/b": 1.0},
                  {"method": "bifp_uns", "sparsity": 0.7, "seed": seed, "accuracy": 0.875, "accuracy_gap": 0.05 + noise,
-                  "surrogate_excess": 0.0}]
+                  "acc/a": 0.85, "acc/b": 0.90 + noise, "surrogate_excess": 0.0}]
     claims = report_bifp.claims_table(pd.DataFrame(rows), 0.7, 0.02, pd.DataFrame()).set_index("claim")
     dense = claims.loc["bifp_uns: accuracy gap no larger than the dense model's"]
     assert dense["holds"] == "yes" and dense["significant"] == "n/a"  # a constant difference has no variance
@@ -47,3 +49,7 @@ def test_claims_table_tests_seeds_pairwise():
     assert half["holds"] == "yes"
     accuracy = claims.loc["bifp_uns: accuracy within 1 point of the best non-fair baseline"]
     assert accuracy["holds"] == "yes" and "magnitude" in accuracy["against"]
+    worst = claims.loc["bifp_uns: the worst group gains (its accuracy at least magnitude pruning's)"]
+    assert worst["holds"] == "yes" and worst["measured"].startswith("0.850") and worst["significant"] == "yes"
+    levelled = claims.loc["bifp_uns: no levelling down (best group within 1 point of magnitude pruning's)"]
+    assert levelled["holds"] == "no" and levelled["against"].startswith("magnitude 1.000")
