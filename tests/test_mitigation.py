@@ -162,3 +162,24 @@ def test_max_grad_norm_clips_the_primal_step():
     step(x, y, groups)
     moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
     assert 0 < float(moved) <= 1e-3 + 1e-7
+
+
+@pytest.mark.parametrize("reference", ["population", "group_mean"])
+def test_full_reference_decides_whether_the_constraints_can_all_hold(reference):
+    """Eq. 7 against the population: the size-weighted mean of the violations is >= 0 (triangle
+    inequality, convexity of the top eigenvalue), > 0 when group gradients disagree; against the
+    groups' weighted mean it is exactly 0, so every constraint can hold at once."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x, y = torch.randn(60, 3, dtype=torch.float64), torch.randint(0, 3, (60,))
+    groups = torch.arange(60) % 3
+    problem = ConstrainedStep(model, torch.optim.SGD(model.parameters(), lr=0.1), 3,
+                              MitigationParams(variant="full", hessian_iterations=100, reference=reference),
+                              CPU).problem
+    state = problem.compute_cmp_state(x, y, groups)
+    for constraint in (problem.grad_norm, problem.hessian):
+        weighted_mean = state.observed_constraints[constraint].violation.detach().mean()  # equal group sizes
+        if reference == "population":
+            assert weighted_mean > 1e-3
+        else:
+            assert abs(float(weighted_mean)) < 1e-9

@@ -176,6 +176,10 @@ class MitigationParams(_Section):
     grad_norm_every: int = Field(default=1, ge=1)  # full only: steps between gradient-norm constraints
     hessian_every: int = Field(default=10, ge=1)  # full only: steps between Hessian-eigenvalue constraints
     hessian_iterations: int = Field(default=3, ge=1)  # warm-started power steps per refresh
+    # full only: what each group's gradient norm and Hessian eigenvalue must equal. population: the
+    # population's (Eq. 7 as written; jointly infeasible wherever group gradients disagree);
+    # group_mean: the size-weighted mean of the groups' values (feasible, like the loss constraint)
+    reference: Literal["population", "group_mean"] = "population"
     max_grad_norm: float | None = Field(default=None, gt=0.0)  # clip the primal gradient (the Lagrangian's); null = off
     log_every: int = Field(default=10, ge=1)  # steps between MLflow records of multipliers and violations
 

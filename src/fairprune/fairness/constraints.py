@@ -24,6 +24,15 @@ An earlier version replaced these derivatives by finite differences of first-ord
 on ReLU networks the estimates were unusable (cosine 0.4 with the true Hessian-vector product)
 and the full mitigation collapsed, so the exact derivatives are back.
 A positive `tolerance` turns each equality into |violation| <= tolerance.
+
+Eq. 7 as written is infeasible wherever the groups' gradients disagree. The population gradient is
+g = sum_a w_a g_a (w_a = n_a / n), so by the triangle inequality ||g|| <= sum_a w_a ||g_a||: the
+size-weighted mean of the violations ||g_a|| - ||g|| is never negative, and all of them can be 0
+only where every g_a is the same vector. The top eigenvalue is convex in the matrix, so
+lambda(H) <= sum_a w_a lambda(H_a) likewise. The multipliers then grow without end and the primal
+step seeks flat regions (on the digits: a model that predicts one class). `reference: group_mean`
+compares each group with sum_a w_a ||g_a|| and sum_a w_a lambda(H_a) instead; those violations
+have weighted mean 0, as the loss constraint's always do (J = sum_a w_a J_a).
 """
 from __future__ import annotations
 
@@ -95,15 +104,22 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             return {}
         params = [p for p in self.model.parameters() if p.requires_grad]
         grads = [self._group_gradient(params, x[groups == g], y[groups == g]) for g in present.tolist()]
-        population = combine(grads, (counts[present] / counts.sum()).tolist())
+        weights = counts[present].double() / counts.sum()
+        population = combine(grads, weights.tolist()) if self.params.reference == "population" else None
         observed = {}
         if norms_due:
             norms = torch.stack([_length(g) for g in grads])
-            observed[self.grad_norm] = self._violation(norms - _length(population), present)
+            reference = _length(population) if population is not None else (weights.to(norms.dtype) * norms).sum()
+            observed[self.grad_norm] = self._violation(norms - reference, present)
             misc["grad_norm"] = norms.detach().cpu()
         if hessian_due:
-            eig = self._eigenvalues(params, [*grads, population], [*present.tolist(), -1])
-            observed[self.hessian] = self._violation(eig[:-1] - eig[-1], present)
+            if population is not None:
+                eig = self._eigenvalues(params, [*grads, population], [*present.tolist(), -1])
+                groups_eig, reference = eig[:-1], eig[-1]
+            else:
+                eig = groups_eig = self._eigenvalues(params, grads, present.tolist())
+                reference = (weights.to(eig.dtype) * eig).sum()
+            observed[self.hessian] = self._violation(groups_eig - reference, present)
             misc["hessian_top"] = eig.detach().cpu()
         return observed
 
