@@ -135,6 +135,35 @@ def test_lagrangian_multipliers_grow_on_violated_groups_and_survive_a_checkpoint
     assert all(torch.equal(a, b) for a, b in zip(fresh.scores, step.scores))
 
 
+@pytest.mark.parametrize("dual_split", ["train", "val"])
+def test_lagrangian_dual_split_val_ascends_on_held_out_violations(dual_split):
+    g = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (120, 4), generator=g, dtype=torch.uint8)
+    targets = torch.randint(0, 3, (120,), generator=g)
+    val = (images, targets, (targets == 0).long())  # held out: group 1 = class 0, whose errors differ
+    data = SimpleNamespace(num_groups=2, subset=lambda split: val)
+    ctx = PruneContext(data=data, device=CPU, options={"bifp": {"tolerance": 0.0, "dual_lr": 0.5,
+                                                                "dual_split": dual_split}})
+
+    def new_step():
+        model, method = tiny_model(), get_method("bifp_lagrangian")
+        method.prune(model, 0.5, ctx)
+        return method.training_step(model, torch.optim.SGD(model.parameters(), lr=0.05), CPU)
+
+    step = new_step()
+    x, y, _ = batch()
+    for _ in range(6):
+        step(x, y, torch.zeros_like(y))  # the training batches hold group 0 only
+    grew = float(step.multiplier.weight.detach().flatten()[1]) > 0
+    assert grew == (dual_split == "val")
+    if dual_split == "val":
+        state = step.state_dict()
+        fresh = new_step()
+        fresh.load_state_dict(state)
+        assert fresh.heldout.position == step.heldout.position
+        assert all(torch.equal(a, b) for a, b in zip(fresh.heldout.next(), step.heldout.next()))
+
+
 def test_ablations_fix_their_settings():
     ctx = PruneContext(data=None, device=CPU, options={"bifp": {"lambda_w": 2.0, "lambda_m": 3.0}})
     assert get_method("bifp_no_mask_fair").settings(ctx) == BifpParams(lambda_w=2.0, lambda_m=0.0)

@@ -212,6 +212,9 @@ class BifpParams(_Section):
     surrogate: Literal["logistic", "hinge", "linear", "sigmoid"] = "logistic"  # stand-in u for the 0/1 indicator
     tolerance: float = Field(default=0.02, ge=0.0)  # bifp_lagrangian: allowed excess of a group's surrogate error
     dual_lr: float = Field(default=0.01, gt=0.0)  # bifp_lagrangian: multiplier step size
+    # bifp_lagrangian: the split whose batches measure the violations the multipliers ascend on.
+    # val: held-out data (Cotter et al. 2019), since fitted training data shows no violation
+    dual_split: Literal["train", "val"] = "train"
 
 
 class PruneParams(_Section):

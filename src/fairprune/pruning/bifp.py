@@ -14,6 +14,9 @@ instead of plain SGD. Every K + 1 batches form one outer iteration:
 F is `parity_penalty` (half the difference of Wu et al.'s F and its mirror, see fairness.surrogate). `bifp_lagrangian`
 instead constrains each group's surrogate error to at most the groups' mean + `tolerance`, with one
 cooper multiplier per group, updated by dual ascent at every weight step and used by both levels.
+A fitted training batch shows no violation, so with `dual_split: val` the violations the multipliers
+ascend on are measured on held-out validation batches (Cotter et al. 2019), the primal terms still
+on the training batch.
 
 `bifp_uns` has a score per weight and one global top-k. `bifp_str` has a score per output channel of
 each Torch-Pruning dependency group (the channels a residual addition couples share one score); a
@@ -99,6 +102,8 @@ class BifpUnstructured(PruningMethod):
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> nn.Module:
         self.bifp = self.settings(ctx)
         self.num_groups = ctx.data.num_groups
+        self.heldout = HeldOutBatches(ctx.data.subset("val"), ctx.seed, ctx.device) \
+            if self.lagrangian and self.bifp.dual_split == "val" else None
         self.layout = self.score_layout(model, sparsity, ctx)
         for (module, name), mask in zip(self.layout.targets, self.layout.masks(self.layout.scores)):
             torch_prune.custom_from_mask(module, name, mask)
@@ -118,7 +123,8 @@ class BifpUnstructured(PruningMethod):
         return torch.rand(magnitude.shape, generator=generator).to(magnitude.device) * magnitude.mean()
 
     def training_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> "BifpStep":
-        return BifpStep(model, optimizer, self.layout, self.num_groups, self.bifp, device, self.lagrangian)
+        return BifpStep(model, optimizer, self.layout, self.num_groups, self.bifp, device, self.lagrangian,
+                        self.heldout)
 
 
 @register
@@ -187,12 +193,39 @@ class BifpStructured(BifpUnstructured):
         return model
 
 
+class HeldOutBatches:
+    """Endless seeded shuffled batches of a held-out split, as float inputs on the device."""
+
+    def __init__(self, subset, seed: int, device: torch.device, batch_size: int = 256):
+        self.images, self.targets, self.groups = subset
+        if not len(self.targets):
+            raise ValueError("prune.bifp.dual_split is val but the validation split is empty; "
+                             "raise data.val_fraction or set dual_split: train")
+        self.generator, self.device, self.batch_size = torch.Generator().manual_seed(seed), device, batch_size
+        self.order, self.position = torch.empty(0, dtype=torch.long), 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.position >= len(self.order):
+            self.order, self.position = torch.randperm(len(self.targets), generator=self.generator), 0
+        idx = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return (self.images[idx].float().div(255.0).to(self.device), self.targets[idx].to(self.device),
+                self.groups[idx].to(self.device))
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.position = state["order"], state["position"]
+
+
 class BifpStep:
     """One batch of BiFP's alternation; a drop-in for training.PlainStep inside training.fit."""
 
     def __init__(self, model, optimizer, layout: WeightScores | ChannelScores, num_groups: int, bifp: BifpParams,
-                 device: torch.device, lagrangian: bool):
-        self.model, self.optimizer, self.layout = model, optimizer, layout
+                 device: torch.device, lagrangian: bool, heldout: HeldOutBatches | None = None):
+        self.model, self.optimizer, self.layout, self.heldout = model, optimizer, layout, heldout
         self.num_groups, self.bifp, self.device = num_groups, bifp, device
         self.scores = [s.to(device).requires_grad_() for s in layout.scores]
         layout.scores = self.scores
@@ -232,13 +265,25 @@ class BifpStep:
         loss.backward()
         self.optimizer.step()
         if constraint is not None:
-            violation, present = constraint
+            violation, present = constraint if self.heldout is None else self._heldout_violation()
             self.dual_optimizer.zero_grad(set_to_none=True)
             self.multiplier.weight.grad = torch.zeros_like(self.multiplier.weight)
             self.multiplier.weight.grad[present] = violation.to(self.multiplier.weight.dtype).view(-1, 1)
             self.dual_optimizer.step()
             self.multiplier.post_step_()
         return task.detach(), logits.detach()
+
+    @torch.no_grad()
+    def _heldout_violation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, groups = self.heldout.next()
+        was_training = self.model.training
+        self.model.eval()  # BatchNorm: no running-statistics update from held-out data
+        with autocast(self.device):
+            logits = self.model(x)
+        self.model.train(was_training)
+        errors, counts = surrogate_errors(logits, y, groups, self.num_groups, self.bifp.surrogate)
+        present = torch.nonzero(counts).flatten()
+        return errors[present] - errors[present].mean() - self.bifp.tolerance, present
 
     def _score_step(self, x, y, groups):
         with autocast(self.device):
@@ -268,6 +313,8 @@ class BifpStep:
                  "score_optimizer": self.score_optimizer.state_dict()}
         if self.multiplier is not None:
             state.update(multiplier=self.multiplier.state_dict(), dual_optimizer=self.dual_optimizer.state_dict())
+        if self.heldout is not None:
+            state["heldout"] = self.heldout.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -279,6 +326,8 @@ class BifpStep:
         if self.multiplier is not None:
             self.multiplier.load_state_dict(state["multiplier"])
             self.dual_optimizer.load_state_dict(state["dual_optimizer"])
+        if self.heldout is not None and "heldout" in state:
+            self.heldout.load_state_dict(state["heldout"])
         self.refresh_masks()
 
 
