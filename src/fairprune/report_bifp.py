@@ -34,9 +34,13 @@ def nearest(sparsities, wanted: float | None) -> float | None:
     return min(sparsities, key=lambda s: abs(s - (0.7 if wanted is None else wanted)))
 
 
-def _by_seed(table: pd.DataFrame, method: str, sparsity: float | None, column: str) -> pd.Series:
+def _seed_rows(table: pd.DataFrame, method: str, sparsity: float | None) -> pd.DataFrame:
     rows = table[(table.method == method) & ((table.sparsity == sparsity) if sparsity is not None else True)]
-    return rows.set_index("seed")[column]
+    return rows.set_index("seed")
+
+
+def _by_seed(table: pd.DataFrame, method: str, sparsity: float | None, column: str) -> pd.Series:
+    return _seed_rows(table, method, sparsity)[column]
 
 
 def _mean_std(values: pd.Series) -> str:
@@ -71,8 +75,7 @@ def claims_table(table: pd.DataFrame, sparsity: float, tolerance: float, efficie
         return _by_seed(table, method, sparsity if method != "dense" else None, "accuracy")
 
     def group_accuracy(method, pick):
-        rows = table[(table.method == method) & ((table.sparsity == sparsity) if method != "dense" else True)]
-        return pick(rows.set_index("seed")[[c for c in table.columns if c.startswith("acc/")]], axis=1)
+        return pick(_seed_rows(table, method, sparsity)[[c for c in table.columns if c.startswith("acc/")]], axis=1)
 
     plain = [m for m in methods if not m.startswith(("dense", "bifp")) and not split_arm(m)[1]]
     best_plain = max(plain, key=lambda m: acc(m).mean()) if plain else None

@@ -251,11 +251,15 @@ class BifpStep:
                 return task, task, None
             penalty = parity_penalty(logits, y, groups, self.num_groups, self.bifp.surrogate)
             return task + fairness_weight * penalty, task, None
-        errors, counts = surrogate_errors(logits, y, groups, self.num_groups, self.bifp.surrogate)
-        present = torch.nonzero(counts).flatten()
-        violation = errors[present] - errors[present].mean() - self.bifp.tolerance
+        violation, present = self._violations(logits, y, groups)
         lagrangian = task + (self.multiplier(present).detach() * violation).sum()
         return lagrangian, task, (violation.detach(), present)
+
+    def _violations(self, logits, y, groups) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each present group's surrogate error minus the present groups' mean and the tolerance."""
+        errors, counts = surrogate_errors(logits, y, groups, self.num_groups, self.bifp.surrogate)
+        present = torch.nonzero(counts).flatten()
+        return errors[present] - errors[present].mean() - self.bifp.tolerance, present
 
     def _weight_step(self, x, y, groups):
         with autocast(self.device):
@@ -281,9 +285,7 @@ class BifpStep:
         with autocast(self.device):
             logits = self.model(x)
         self.model.train(was_training)
-        errors, counts = surrogate_errors(logits, y, groups, self.num_groups, self.bifp.surrogate)
-        present = torch.nonzero(counts).flatten()
-        return errors[present] - errors[present].mean() - self.bifp.tolerance, present
+        return self._violations(logits, y, groups)
 
     def _score_step(self, x, y, groups):
         with autocast(self.device):
