@@ -93,6 +93,17 @@ def test_apply_merges_override(tmp_path):
     assert base.read_text() == before
 
 
+def test_apply_keeps_inline_lists_comments_and_nulls(tmp_path):
+    base = tmp_path / "params.yaml"
+    base.write_text("base:\n  seeds: [0, 1, 2]   # one run per seed\n  threads: 2       # cores\n"
+                    "train:\n  variants: [plain]  # dense models\n")
+    override = tmp_path / "o.yaml"
+    override.write_text("base:\n  seeds: [0]\n  threads: null\ntrain:\n  variants: [plain, relaxed]\n")
+    assert config.main(["apply", str(override), "--into", str(base)]) == 0
+    assert base.read_text() == ("base:\n  seeds: [0]         # one run per seed\n  threads: null    # cores\n"
+                                "train:\n  variants: [plain, relaxed] # dense models\n")
+
+
 def test_lottery_series_written_into_params(tmp_path):
     target = tmp_path / "params.yaml"
     target.write_text("prune:\n  sparsities: [0.5]  # kept comment\n")

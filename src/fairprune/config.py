@@ -509,7 +509,21 @@ def _round_trip_yaml():
 
     yaml_rt = YAML()
     yaml_rt.preserve_quotes = True
+    yaml_rt.width = 4096  # an inline list stays on one line
+    yaml_rt.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     return yaml_rt
+
+
+def _styled_like(old, new):
+    """A list replacing an inline `[a, b]  # comment` list stays inline, so the comment stays on its line."""
+    from ruamel.yaml.comments import CommentedSeq
+
+    if isinstance(old, CommentedSeq) and old.fa.flow_style() and isinstance(new, list):
+        seq = CommentedSeq(new)
+        seq.fa.set_flow_style()
+        return seq
+    return new
 
 
 def merge_into(base, override: dict) -> None:
@@ -518,7 +532,7 @@ def merge_into(base, override: dict) -> None:
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             merge_into(base[key], value)
         else:
-            base[key] = value
+            base[key] = _styled_like(base.get(key), value)
 
 
 def nested_override(values: dict[str, Any]) -> dict[str, Any]:
