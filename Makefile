@@ -16,14 +16,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# CONFIG=configs/<name>.yaml merges a named configuration into params.yaml first.
+# CONFIG=configs/<name>.yaml merges a named configuration into params.yaml first and reproduces
+# its report; the Optuna study (`make tune`) is left out there, since the default `tune` section
+# would otherwise run 16 trials of the configuration's (possibly paper-scale) model.
 run: install
 ifdef CONFIG
 	$(BIN)/fairprune-params apply $(CONFIG)
 endif
 	$(BIN)/fairprune-params check params.yaml
 	$(BIN)/python -m fairprune.tracking
-	$(BIN)/dvc repro
+	$(BIN)/dvc repro $(if $(CONFIG),report)
 
 # The Optuna study of params.yaml's `tune` section (after the data and dense models it needs);
 # WORKERS=N runs N worker processes on this machine against the same study.
