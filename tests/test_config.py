@@ -79,12 +79,17 @@ def test_message_is_one_line_with_key_value_and_allowed():
     assert "'evaluate.split'" in message and "'holdout'" in message and "test" in message
 
 
+def _apply(tmp_path, params_text: str, override_text: str) -> tuple:
+    """Write params.yaml and an override, apply it; returns (params path, override path, exit code)."""
+    base, override = tmp_path / "params.yaml", tmp_path / "o.yaml"
+    base.write_text(params_text)
+    override.write_text(override_text)
+    return base, override, config.main(["apply", str(override), "--into", str(base)])
+
+
 def test_apply_merges_override(tmp_path):
-    base = tmp_path / "params.yaml"
-    base.write_text("train:\n  epochs: 3\n  lr: 0.1\n")
-    override = tmp_path / "o.yaml"
-    override.write_text("train:\n  epochs: 5\n")
-    assert config.main(["apply", str(override), "--into", str(base)]) == 0
+    base, override, code = _apply(tmp_path, "train:\n  epochs: 3\n  lr: 0.1\n", "train:\n  epochs: 5\n")
+    assert code == 0
     merged = config.load(base)
     assert merged.train.epochs == 5 and merged.train.lr == 0.1
     override.write_text("train:\n  epochs: -1\n")
@@ -94,14 +99,20 @@ def test_apply_merges_override(tmp_path):
 
 
 def test_apply_keeps_inline_lists_comments_and_nulls(tmp_path):
-    base = tmp_path / "params.yaml"
-    base.write_text("base:\n  seeds: [0, 1, 2]   # one run per seed\n  threads: 2       # cores\n"
-                    "train:\n  variants: [plain]  # dense models\n")
-    override = tmp_path / "o.yaml"
-    override.write_text("base:\n  seeds: [0]\n  threads: null\ntrain:\n  variants: [plain, relaxed]\n")
-    assert config.main(["apply", str(override), "--into", str(base)]) == 0
+    base, _, code = _apply(tmp_path, "base:\n  seeds: [0, 1, 2]   # one run per seed\n  threads: 2       # cores\n"
+                                     "train:\n  variants: [plain]  # dense models\n",
+                           "base:\n  seeds: [0]\n  threads: null\ntrain:\n  variants: [plain, relaxed]\n")
+    assert code == 0
     assert base.read_text() == ("base:\n  seeds: [0]         # one run per seed\n  threads: null    # cores\n"
                                 "train:\n  variants: [plain, relaxed] # dense models\n")
+
+
+def test_apply_empty_mapping_clears_it(tmp_path):
+    base, _, code = _apply(tmp_path, "tradeoff:\n  sparsity: 0.7\n  sweeps:\n    magnitude+fair_aft: "
+                                     "{keys: [mitigation.tolerance], values: [0.0]}\n", "tradeoff:\n  sweeps: {}\n")
+    assert code == 0
+    assert config.load(base).tradeoff.sweeps == {}
+    assert config.load(base).tradeoff.sparsity == 0.7
 
 
 def test_lottery_series_written_into_params(tmp_path):

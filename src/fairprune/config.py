@@ -527,9 +527,9 @@ def _styled_like(old, new):
 
 
 def merge_into(base, override: dict) -> None:
-    """Deep-merge `override` into the mapping `base` in place."""
+    """Deep-merge `override` into the mapping `base` in place; an empty mapping replaces (`sweeps: {}`)."""
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(base.get(key), dict):
             merge_into(base[key], value)
         else:
             base[key] = _styled_like(base.get(key), value)
