@@ -8,15 +8,17 @@
 
     python benchmarks/bench_pruning.py [--arch small_cnn] [--utkface ../shared/data/utkface/UTKFace.tar.gz]
 
---utkface times the epoch and the scoring on UTKFace (race, 32 px) instead of the digits, whose
-1,000-image epoch is shorter than SynFlow's fixed, data-independent 100 rounds.
+--utkface times the epoch and the scoring on UTKFace (configs/utkface_race.yaml's data) instead of
+the digits, whose 1,000-image epoch is shorter than SynFlow's fixed, data-independent 100 rounds.
 """
 import argparse
 import copy
 import time
+from pathlib import Path
 
 import torch
 import torch_pruning as tp
+import yaml
 from torch import nn
 
 from fairprune import models
@@ -28,6 +30,7 @@ from fairprune.pruning.structured import FilterImportance, l1_norm
 from fairprune.training import fit
 
 CPU = torch.device("cpu")
+UTKFACE_RACE = Path(__file__).resolve().parents[1] / "configs" / "utkface_race.yaml"  # its data section
 
 
 def structured_speedups() -> None:
@@ -48,7 +51,7 @@ def structured_speedups() -> None:
 
 
 def scoring_times(arch: str, utkface: str | None) -> None:
-    source = DataParams(dataset="utkface", root=utkface, target="race", group="race", image_size=32) \
+    source = DataParams(**{**yaml.safe_load(UTKFACE_RACE.read_text())["data"], "root": utkface}) \
         if utkface else DataParams()
     data = prepare(source)
     torch.manual_seed(0)
