@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairprune.pruning import PruneContext, get_method, make_permanent, measure_sparsity, prunable_weights
+from fairprune.pruning.base import keep_top_masks
 
 CPU = torch.device("cpu")
 
@@ -124,3 +125,15 @@ def test_layerwise_prunes_each_layer_at_the_same_rate():
     get_method("magnitude_layerwise").prune(model, 0.5, ctx_for(TinyData()))
     for m, _ in prunable_weights(model, False):
         assert float((m.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.1)
+
+
+@pytest.mark.parametrize("keep", [0, 1, 7, 12, 20])
+def test_global_top_masks_keep_exactly_the_highest_scores_even_with_ties(keep):
+    scores = [torch.tensor([[0.5, 2.0], [1.0, 1.0]]), torch.tensor([1.0, 3.0, 1.0, 0.1]),
+              torch.tensor([1.0] * 6)]
+    masks = keep_top_masks(scores, keep)
+    flat, kept = torch.cat([s.flatten() for s in scores]), torch.cat([m.flatten() for m in masks])
+    assert [m.shape for m in masks] == [s.shape for s in scores]
+    assert int(kept.sum()) == min(keep, flat.numel())
+    if 0 < keep < flat.numel():
+        assert flat[kept == 1].min() >= flat[kept == 0].max()
