@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairprune.pruning import PruneContext, get_method, make_permanent, measure_sparsity, prunable_weights
-from fairprune.pruning.base import keep_top_masks
+from fairprune.pruning.base import GlobalTopMasks, keep_top_masks
 
 CPU = torch.device("cpu")
 
@@ -137,3 +137,16 @@ def test_global_top_masks_keep_exactly_the_highest_scores_even_with_ties(keep):
     assert int(kept.sum()) == min(keep, flat.numel())
     if 0 < keep < flat.numel():
         assert flat[kept == 1].min() >= flat[kept == 0].max()
+
+
+def test_drifting_scores_get_the_same_masks_as_a_fresh_selection_whether_the_window_holds_or_not():
+    generator = torch.Generator().manual_seed(0)
+    scores = [torch.rand(40, 30, generator=generator), torch.rand(500, generator=generator)]
+    top = GlobalTopMasks(keep=517)
+    for step in range(12):
+        drift = 1e-4 if step < 6 else 0.3  # small moves stay in the window, large ones leave it
+        scores = [s + drift * torch.randn(s.shape, generator=generator) for s in scores]
+        if step == 9:
+            scores[1][:5] = scores[1][5]  # ties at or near the threshold
+        for got, expected in zip(top(scores), keep_top_masks(scores, 517)):
+            assert torch.equal(got, expected)

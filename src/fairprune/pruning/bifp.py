@@ -38,7 +38,7 @@ from torch.nn.utils import prune as torch_prune
 from fairprune.config import BifpParams
 from fairprune.device import autocast
 from fairprune.fairness.surrogate import parity_penalty, surrogate_errors
-from fairprune.pruning.base import (PruneContext, PruningMethod, keep_top_masks, make_permanent, prunable_weights,
+from fairprune.pruning.base import (GlobalTopMasks, PruneContext, PruningMethod, make_permanent, prunable_weights,
                                     register)
 from fairprune.pruning.structured import L1Filter, output_layer
 
@@ -48,9 +48,10 @@ class WeightScores:
 
     def __init__(self, targets: list[tuple[nn.Module, str]], scores: list[torch.Tensor], keep: int):
         self.targets, self.scores, self.keep = targets, scores, keep
+        self.top = GlobalTopMasks(keep)
 
     def masks(self, scores: list[torch.Tensor]) -> list[torch.Tensor]:
-        return keep_top_masks(scores, self.keep)
+        return self.top(scores)
 
     def score_grads(self, per_weight: list[torch.Tensor]) -> list[torch.Tensor]:
         return per_weight
@@ -297,8 +298,8 @@ class BifpStep:
             per_weight = []
             for g, (module, name) in zip(grads, self.layout.targets):
                 theta, mask = getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask")
-                g = g.float()
-                per_weight.append(g * theta - self.bifp.ig_scale * g * (g * mask))
+                g = g.float()  # g * theta - ig_scale * g * (g * mask), in two passes over the weights
+                per_weight.append(torch.addcmul(theta, g, mask, value=-self.bifp.ig_scale).mul_(g))
             for score, grad in zip(self.scores, self.layout.score_grads(per_weight)):
                 score.grad = grad.to(score.dtype)
             self.score_optimizer.step()
