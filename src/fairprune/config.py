@@ -208,6 +208,9 @@ class BifpParams(_Section):
     lambda_m: float = Field(default=1.0, ge=0.0)  # fairness weight in the scores' (upper-level) loss
     ig_scale: float = Field(default=1.0, ge=0.0)  # 1/gamma of BiP's implicit-gradient correction; 0 = off
     score_lr: float = Field(default=1e-3, gt=0.0)  # Adam on the mask scores
+    # The last fine-tuning epochs train the weights only, on the mask the scores reached, so the
+    # final mask is not one the weights (their learning rate decayed to 0) never adapted to.
+    mask_freeze_epochs: int = Field(default=0, ge=0)
     score_init: Literal["magnitude", "random"] = "magnitude"  # magnitude: the first mask is magnitude pruning's
     surrogate: Literal["logistic", "hinge", "linear", "sigmoid"] = "logistic"  # stand-in u for the 0/1 indicator
     tolerance: float = Field(default=0.02, ge=0.0)  # bifp_lagrangian: allowed excess of a group's surrogate error
@@ -505,7 +508,7 @@ def load(path: str | Path = "params.yaml") -> Params:
 
 
 def _round_trip_yaml():
-    from ruamel.yaml import YAML  # installed with DVC; keeps the comments of params.yaml
+    from ruamel.yaml import YAML  # keeps the comments of params.yaml
 
     yaml_rt = YAML()
     yaml_rt.preserve_quotes = True

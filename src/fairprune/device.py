@@ -10,10 +10,12 @@ import torch
 
 def resolve(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         from fairprune.errors import ParamsError
         raise ParamsError("base.device", device, "'auto' or 'cpu' (no CUDA device is visible here)")
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size per run: let cuDNN pick its fastest kernels
     return torch.device(device)
 
 

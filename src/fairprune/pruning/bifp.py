@@ -78,7 +78,7 @@ class ChannelScores:
             param = getattr(module, f"{name}_orig", None)
             param = getattr(module, name) if param is None else param
             mask = torch.ones(param.shape[0], device=param.device, dtype=param.dtype)
-            mask[channels] = channel_masks[group].to(param.dtype)
+            mask[channels] = channel_masks[group].to(param.device, param.dtype)
             masks.append(mask.view(-1, *[1] * (param.dim() - 1)).expand_as(param).clone())
         return masks
 
@@ -124,8 +124,13 @@ class BifpUnstructured(PruningMethod):
         return torch.rand(magnitude.shape, generator=generator).to(magnitude.device) * magnitude.mean()
 
     def training_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> "BifpStep":
-        return BifpStep(model, optimizer, self.layout, self.num_groups, self.bifp, device, self.lagrangian,
-                        self.heldout)
+        self.step = BifpStep(model, optimizer, self.layout, self.num_groups, self.bifp, device, self.lagrangian,
+                             self.heldout)
+        return self.step
+
+    def before_finetune_epoch(self, model: nn.Module, epoch: int, total_epochs: int) -> None:
+        if getattr(self, "step", None) is not None:
+            self.step.mask_fixed = epoch >= total_epochs - self.bifp.mask_freeze_epochs
 
 
 @register
@@ -232,6 +237,7 @@ class BifpStep:
         layout.scores = self.scores
         self.score_optimizer = torch.optim.Adam(self.scores, lr=bifp.score_lr)
         self.calls = 0
+        self.mask_fixed = False
         self.multiplier = None
         if lagrangian:
             self.multiplier = cooper.multipliers.IndexedMultiplier(num_constraints=num_groups, device=device)
@@ -240,7 +246,7 @@ class BifpStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.calls += 1
-        if self.calls % (self.bifp.inner_steps + 1) == 0:
+        if not self.mask_fixed and self.calls % (self.bifp.inner_steps + 1) == 0:
             return self._score_step(x, y, groups)
         return self._weight_step(x, y, groups)
 

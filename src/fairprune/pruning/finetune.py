@@ -68,6 +68,7 @@ def prune_and_finetune(params: Params, method_spec: str, sparsity: float, seed: 
     method.check(sparsity)
     start = start_checkpoint(params, method_spec, seed)
     model, dense_extra = models.load(start)
+    model.to(device)  # data-driven scores (SNIP, GraSP, BiFP) run their batches on the device
     dense_params = count_params(model)
     key_name = artifacts.pruned_key(method_spec, sparsity, seed)
 
