@@ -38,6 +38,9 @@ def test_global_top_masks_on_cuda_equal_the_cpu_selection_while_scores_drift():
         assert sum(int(m.sum()) for m in on_gpu) == 20_000
         scores = [s + 0.01 * torch.randn(s.shape, generator=g) for s in scores]
     assert gpu.calls == 8
+    tied = [torch.randint(0, 20, (300, 200), generator=g).float(), torch.randint(0, 20, (5000,), generator=g).float()]
+    on_gpu = GlobalTopMasks(20_000)([s.to(CUDA) for s in tied])
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(on_gpu, GlobalTopMasks(20_000)(tied)))  # first ties kept
 
 
 @pytest.mark.parametrize("method", ["bifp_uns", "bifp_lagrangian"])

@@ -113,6 +113,8 @@ class GlobalTopMasks:
         keep = min(self.keep, flat.numel())
         if keep <= 0:
             mask = torch.zeros_like(flat)
+        elif flat.is_cuda:
+            mask = self.select_on_device(flat, keep)
         else:
             threshold = self.kth_highest(flat, keep)
             kept = flat >= threshold
@@ -122,6 +124,17 @@ class GlobalTopMasks:
                 kept[ties[len(ties) - surplus:]] = False
             mask = kept.to(flat.dtype)
         return [part.view_as(s) for part, s in zip(mask.split([s.numel() for s in scores]), scores)]
+
+    def select_on_device(self, flat: torch.Tensor, keep: int) -> torch.Tensor:
+        """The GPU path: each count read back to the host (as the window needs) drains the launch
+        queue, which costs more than a full sort of the scores there. The sort gives the threshold;
+        a running count over the tied scores keeps the first of them, as on the CPU."""
+        self.calls += 1
+        self.full_selections += 1
+        threshold = flat.sort().values[flat.numel() - keep]
+        above, ties = flat > threshold, flat == threshold
+        room = keep - torch.count_nonzero(above)
+        return (above | (ties & (torch.cumsum(ties, 0) <= room))).to(flat.dtype)
 
     def kth_highest(self, flat: torch.Tensor, keep: int) -> torch.Tensor:
         rank = flat.numel() - keep + 1  # kthvalue counts from the lowest
