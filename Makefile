@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run tune test test-slow bench clean-outputs
+.PHONY: install params run run-parallel tune test test-slow bench clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,13 +19,20 @@ install: $(STAMP)
 # CONFIG=configs/<name>.yaml merges a named configuration into params.yaml first and reproduces
 # its report; the Optuna study (`make tune`) is left out there, since the default `tune` section
 # would otherwise run 16 trials of the configuration's (possibly paper-scale) model.
-run: install
+params: install
 ifdef CONFIG
 	$(BIN)/fairprune-params apply $(CONFIG)
 endif
 	$(BIN)/fairprune-params check params.yaml
 	$(BIN)/python -m fairprune.tracking
+
+run: params
 	$(BIN)/dvc repro $(if $(CONFIG),report)
+
+# The same, JOBS stages at a time (a GPU runner, where one stage leaves the device mostly idle);
+# each finished stage is committed to dvc.lock as `dvc repro` would have.
+run-parallel: params
+	$(BIN)/python -m fairprune.parallel --jobs $(or $(JOBS),2) $(if $(CONFIG),report)
 
 # The Optuna study of params.yaml's `tune` section (after the data and dense models it needs);
 # WORKERS=N runs N worker processes on this machine against the same study.

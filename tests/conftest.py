@@ -1,7 +1,11 @@
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FAIRPRUNE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -17,3 +21,30 @@ def shared_data() -> Path:
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+def sh(cmd, cwd, env, timeout=400, expect=0):
+    result = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    output = result.stdout + result.stderr
+    assert result.returncode == expect, f"{cmd} exited {result.returncode}:\n{output[-6000:]}"
+    return result.stdout
+
+
+def make_project(work: Path, overrides: dict) -> dict:
+    """A git + DVC copy of the pipeline in `work` with params.yaml's sections updated by
+    `overrides` and the MLflow store created; returns the environment to run it with."""
+    for name in ["pipeline", "src", "dvc.yaml", ".dvcignore", ".gitignore"]:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    sh(["git", "init", "-q"], work, env)
+    sh(["dvc", "init", "-q"], work, env)
+    sh([sys.executable, "-m", "fairprune.tracking"], work, env)
+    return env

@@ -1,14 +1,10 @@
 """The whole `dvc repro` on a tiny config in a temporary copy of the repository."""
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import make_project, sh
 
 TINY = {
     "base": {"seeds": [0, 1], "threads": 1},
@@ -24,33 +20,12 @@ TINY = {
                                           "magnitude+fair_aft": {"keys": ["mitigation.tolerance"], "values": [0.05]}}},
 }
 METHODS = ("magnitude", "magnitude+fair_both", "bifp_uns", "bifp_str", "bifp_no_fair")
-COPY = ["pipeline", "src", "dvc.yaml", ".dvcignore", ".gitignore"]
-
-
-def sh(cmd, cwd, env, timeout=400):
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    repo = Path(__file__).resolve().parents[1]
     work = tmp_path_factory.mktemp("project")
-    for name in COPY:
-        src = repo / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    sh(["git", "init", "-q"], work, env)
-    sh(["dvc", "init", "-q"], work, env)
-    sh([sys.executable, "-m", "fairprune.tracking"], work, env)
+    env = make_project(work, TINY)
     sh(["dvc", "repro"], work, env)
     return work, env
 
