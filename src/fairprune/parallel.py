@@ -111,4 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the running stages got the same signal and stop at their checkpoints
+        print("interrupted: the finished stages are committed; rerun to go on", file=sys.stderr)
+        sys.exit(130)
