@@ -80,6 +80,16 @@ def main() -> None:
     print(f"median of the rounds' own ratios  {paired:8.2f}x   (less sensitive to load drifting between rounds)")
     top = method.layout.top
     print(f"mask refreshes that needed a full selection: {top.full_selections} of {top.calls}")
+    plain_ops, bifp_ops = dispatched_ops(lambda: plain(x, y, a)), dispatched_ops(lambda: [bifp(x, y, a)
+                                                                                          for _ in range(per_outer)])
+    print(f"ATen ops dispatched: plain {plain_ops}, BiFP {bifp_ops}, ratio {bifp_ops / plain_ops:.2f}x "
+          "(what bounds a small model's step on a GPU; on the CPU the optimisers and the mask selection take other paths)")
+
+
+def dispatched_ops(step) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        step()
+    return sum(1 for event in profile.events() if event.name.startswith("aten::"))
 
 
 if __name__ == "__main__":

@@ -107,6 +107,25 @@ def test_surrogates_bound_the_accuracy_gap_both_ways(surrogate):
     assert parity_penalty(logits, y, torch.zeros_like(groups), 3).item() == 0.0
 
 
+@pytest.mark.parametrize("surrogate", ["logistic", "hinge", "linear", "sigmoid"])
+@pytest.mark.parametrize("num_groups,absent", [(2, None), (3, None), (4, 2)])
+def test_penalty_has_the_value_and_gradient_of_the_largest_half_difference_of_f_and_its_mirror(
+        surrogate, num_groups, absent):
+    g = torch.Generator().manual_seed(num_groups)
+    logits = (torch.randn(96, 3, generator=g) * 3).requires_grad_()
+    y, groups = torch.randint(0, 3, (96,), generator=g), torch.randint(0, num_groups, (96,), generator=g)
+    if absent is not None:
+        groups[groups == absent] = 0
+    forward, mirrored, present = parity_surrogates(logits, y, groups, num_groups, surrogate)
+    reference = ((forward - mirrored) / 2)[present].max()
+    expected = torch.autograd.grad(reference, logits)[0]
+    penalty = parity_penalty(logits, y, groups, num_groups, surrogate)
+    assert penalty.item() == pytest.approx(reference.item(), abs=1e-5)
+    assert torch.allclose(torch.autograd.grad(penalty, logits)[0], expected, atol=1e-6)
+    alone = parity_penalty(logits, y, torch.zeros_like(groups), num_groups, surrogate)
+    assert alone.item() == 0.0 and not torch.autograd.grad(alone, logits)[0].any()
+
+
 def test_sigmoid_penalty_is_a_soft_accuracy_gap_that_confident_samples_cannot_dominate():
     y, groups = torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 1, 1])
     right, wrong = [20.0, 0.0], [0.0, 20.0]
@@ -115,6 +134,31 @@ def test_sigmoid_penalty_is_a_soft_accuracy_gap_that_confident_samples_cannot_do
     confident = torch.tensor([[200.0, 0.0], [200.0, 0.0], right, right])  # every sample right
     assert parity_penalty(confident, y, groups, 2, "sigmoid").item() == pytest.approx(0.0, abs=1e-6)
     assert parity_penalty(confident, y, groups, 2, "logistic").item() > 50  # the mean-margin gap
+
+
+HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::item", "aten::is_nonzero"}
+
+
+def host_reads(fn) -> set[str]:
+    """The ops `fn` runs that copy a device value back to the host (on a GPU each waits for the queue)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.key for event in prof.key_averages()} & HOST_READS
+
+
+@pytest.mark.parametrize("method,settings", [("bifp_uns", {}), ("bifp_lagrangian", {"dual_split": "train"}),
+                                             ("bifp_lagrangian", {"dual_split": "val"})])
+def test_weight_steps_and_the_penalty_never_read_back_to_the_host(method, settings):
+    x, y, groups = batch()
+    assert host_reads(lambda: parity_penalty(torch.randn(64, 3, requires_grad=True), y, groups, 2).backward()) == set()
+    assert host_reads(lambda: parity_penalty(torch.randn(64, 3), y, torch.zeros_like(groups), 2)) == set()
+    val = (torch.randint(0, 256, (50, 4), dtype=torch.uint8), y[:50], groups[:50])
+    model, method = tiny_model(), get_method(method)
+    method.prune(model, 0.5, PruneContext(data=SimpleNamespace(num_groups=2, subset=lambda split: val), device=CPU,
+                                          options={"bifp": settings}))
+    step = method.training_step(model, torch.optim.SGD(model.parameters(), lr=0.05), CPU)
+    assert host_reads(lambda: step(x, y, groups)) == set()  # call 1 of K + 1 = 2: a weight step
+    assert step.calls == 1
 
 
 def test_score_gradient_matches_finite_differences_of_the_loss_in_the_masked_weights():

@@ -60,6 +60,26 @@ def test_bifp_trains_on_cuda_at_exactly_the_target_sparsity(method):
     assert measure_sparsity(model)["sparsity_actual"] == pytest.approx(0.7, abs=1e-3)
 
 
+@pytest.mark.parametrize("method", ["bifp_uns", "bifp_lagrangian"])
+def test_bifp_steps_never_wait_for_the_gpu(method):
+    """Weight and score steps queue their kernels without a host read (which would drain the queue)."""
+    model = models.build("resnet10", SHAPES).to(CUDA).train()
+    instance = get_method(method)
+    instance.prune(model, 0.7, PruneContext(data=SimpleNamespace(num_groups=2), device=CUDA, options={}))
+    step = instance.training_step(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), CUDA)
+    x = torch.rand(64, 3, 32, 32, device=CUDA)
+    y, a = torch.randint(0, 2, (64,), device=CUDA), torch.randint(0, 2, (64,), device=CUDA)
+    for _ in range(4):  # cuDNN autotuning, optimiser state
+        step(x, y, a)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(4):
+            step(x, y, a)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.parametrize("arch", ["resnet10", "mobilenet_v2"])
 def test_structured_bifp_exports_on_cuda(arch):
     from test_bifp import check_structured_export

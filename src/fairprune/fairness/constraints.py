@@ -46,16 +46,10 @@ from torch import nn
 from fairprune.config import MitigationParams
 from fairprune.device import autocast
 from fairprune.errors import TrainingDiverged
+from fairprune.fairness.surrogate import group_means
 from fairprune.fairness.vectors import combine, norm, power_iteration
 
 CONSTRAINTS = {"relaxed": ("loss",), "full": ("loss", "grad_norm", "hessian")}
-
-
-def group_means(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group means of a per-sample tensor (differentiable) and the per-group counts."""
-    counts = torch.bincount(groups, minlength=num_groups).to(values.dtype)
-    sums = torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add(0, groups, values)
-    return sums / counts.clamp(min=1), counts
 
 
 class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):

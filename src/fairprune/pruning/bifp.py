@@ -203,20 +203,20 @@ class HeldOutBatches:
     """Endless seeded shuffled batches of a held-out split, as float inputs on the device."""
 
     def __init__(self, subset, seed: int, device: torch.device, batch_size: int = 256):
-        self.images, self.targets, self.groups = subset
-        if not len(self.targets):
+        if not len(subset[1]):
             raise ValueError("prune.bifp.dual_split is val but the validation split is empty; "
                              "raise data.val_fraction or set dual_split: train")
+        # On the device once (a few MB of uint8), not a pageable float copy at every weight step.
+        self.images, self.targets, self.groups = (t.to(device) for t in subset)
         self.generator, self.device, self.batch_size = torch.Generator().manual_seed(seed), device, batch_size
         self.order, self.position = torch.empty(0, dtype=torch.long), 0
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.position >= len(self.order):
             self.order, self.position = torch.randperm(len(self.targets), generator=self.generator), 0
-        idx = self.order[self.position:self.position + self.batch_size]
+        idx = self.order[self.position:self.position + self.batch_size].to(self.device)
         self.position += self.batch_size
-        return (self.images[idx].float().div(255.0).to(self.device), self.targets[idx].to(self.device),
-                self.groups[idx].to(self.device))
+        return self.images[idx].float().div(255.0), self.targets[idx], self.groups[idx]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
@@ -235,7 +235,7 @@ class BifpStep:
         self.num_groups, self.bifp, self.device = num_groups, bifp, device
         self.scores = [s.to(device).requires_grad_() for s in layout.scores]
         layout.scores = self.scores
-        self.score_optimizer = torch.optim.Adam(self.scores, lr=bifp.score_lr)
+        self.score_optimizer = torch.optim.Adam(self.scores, lr=bifp.score_lr, fused=device.type == "cuda")
         self.calls = 0
         self.mask_fixed = False
         self.multiplier = None
@@ -243,6 +243,7 @@ class BifpStep:
             self.multiplier = cooper.multipliers.IndexedMultiplier(num_constraints=num_groups, device=device)
             self.multiplier.set_constraint_type(cooper.ConstraintType.INEQUALITY)
             self.dual_optimizer = torch.optim.SGD(self.multiplier.parameters(), lr=bifp.dual_lr, maximize=True)
+            self.all_groups = torch.arange(num_groups, device=device)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.calls += 1
@@ -258,15 +259,17 @@ class BifpStep:
                 return task, task, None
             penalty = parity_penalty(logits, y, groups, self.num_groups, self.bifp.surrogate)
             return task + fairness_weight * penalty, task, None
-        violation, present = self._violations(logits, y, groups)
-        lagrangian = task + (self.multiplier(present).detach() * violation).sum()
-        return lagrangian, task, (violation.detach(), present)
+        violation = self._violations(logits, y, groups)
+        lagrangian = task + (self.multiplier(self.all_groups).detach() * violation).sum()
+        return lagrangian, task, violation.detach()
 
-    def _violations(self, logits, y, groups) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each present group's surrogate error minus the present groups' mean and the tolerance."""
+    def _violations(self, logits, y, groups) -> torch.Tensor:
+        """Each present group's surrogate error minus the present groups' mean and the tolerance; 0 for
+        a group absent from the batch, so its multiplier stays (masks, not indexing: no host read)."""
         errors, counts = surrogate_errors(logits, y, groups, self.num_groups, self.bifp.surrogate)
-        present = torch.nonzero(counts).flatten()
-        return errors[present] - errors[present].mean() - self.bifp.tolerance, present
+        present = counts > 0
+        mean = (errors * present).sum() / present.sum()
+        return torch.where(present, errors - mean - self.bifp.tolerance, torch.zeros_like(errors))
 
     def _weight_step(self, x, y, groups):
         with autocast(self.device):
@@ -276,16 +279,15 @@ class BifpStep:
         loss.backward()
         self.optimizer.step()
         if constraint is not None:
-            violation, present = constraint if self.heldout is None else self._heldout_violation()
+            violation = constraint if self.heldout is None else self._heldout_violation()
             self.dual_optimizer.zero_grad(set_to_none=True)
-            self.multiplier.weight.grad = torch.zeros_like(self.multiplier.weight)
-            self.multiplier.weight.grad[present] = violation.to(self.multiplier.weight.dtype).view(-1, 1)
+            self.multiplier.weight.grad = violation.to(self.multiplier.weight.dtype).view_as(self.multiplier.weight)
             self.dual_optimizer.step()
             self.multiplier.post_step_()
         return task.detach(), logits.detach()
 
     @torch.no_grad()
-    def _heldout_violation(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _heldout_violation(self) -> torch.Tensor:
         x, y, groups = self.heldout.next()
         was_training = self.model.training
         self.model.eval()  # BatchNorm: no running-statistics update from held-out data
@@ -301,21 +303,24 @@ class BifpStep:
         masked = [getattr(m, n) for m, n in self.layout.targets]  # the pruning hooks' m * theta of this forward
         grads = torch.autograd.grad(loss, masked)
         with torch.no_grad():
-            per_weight = []
-            for g, (module, name) in zip(grads, self.layout.targets):
-                theta, mask = getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask")
-                g = g.float()  # g * theta - ig_scale * g * (g * mask), in two passes over the weights
-                per_weight.append(torch.addcmul(theta, g, mask, value=-self.bifp.ig_scale).mul_(g))
+            thetas, masks = self._pruning_tensors("orig"), self._pruning_tensors("mask")
+            grads = [g.float() for g in grads]
+            # g * theta - ig_scale * g * (g * mask): two multi-tensor kernels, not two per layer (launch-bound GPUs)
+            per_weight = torch._foreach_addcmul(thetas, grads, masks, value=-self.bifp.ig_scale)
+            torch._foreach_mul_(per_weight, grads)
             for score, grad in zip(self.scores, self.layout.score_grads(per_weight)):
                 score.grad = grad.to(score.dtype)
             self.score_optimizer.step()
             self.refresh_masks()
         return task.detach(), logits.detach()
 
+    def _pruning_tensors(self, kind: str) -> list[torch.Tensor]:
+        """Each target's `<name>_orig` (the weights) or `<name>_mask` buffer of torch.nn.utils.prune."""
+        return [getattr(module, f"{name}_{kind}") for module, name in self.layout.targets]
+
     def refresh_masks(self) -> None:
         with torch.no_grad():
-            for mask, (module, name) in zip(self.layout.masks([s.detach() for s in self.scores]), self.layout.targets):
-                getattr(module, f"{name}_mask").copy_(mask)
+            torch._foreach_copy_(self._pruning_tensors("mask"), self.layout.masks([s.detach() for s in self.scores]))
 
     def state_dict(self) -> dict:
         state = {"scores": [s.detach().cpu() for s in self.scores], "calls": self.calls,
