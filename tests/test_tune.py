@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from fairprune import config
-from fairprune.tuning.study import FAIL_REASON, INTERRUPTED, RETRY_OF, open_study
+from fairprune.tuning.study import FAIL_REASON, INTERRUPTED, RETRY_OF, open_study, study_name
 from fairprune.tuning.summary import dominates
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +122,17 @@ def test_failed_trials_are_recorded_with_their_reason_and_the_study_goes_on(proj
     assert all("training loss became nan" in t.user_attrs[FAIL_REASON] for t in failed)
     result = json.loads((project / "reports" / "tune" / "pareto.json").read_text())
     assert result["failed"] == 3 and result["chosen"] is None
+
+
+def test_the_study_is_new_when_the_dense_model_changes_and_the_same_otherwise(project, monkeypatch):
+    monkeypatch.chdir(project)
+    params = config.validate(yaml.safe_load((project / "params.yaml").read_text()))
+    name = study_name(params)
+    assert study_name(params) == name
+    assert study_name(params.model_copy(update={"tune": params.tune.model_copy(update={"trials": 9})})) == name
+    dense = project / "models" / "dense" / "s0" / "plain.pt"
+    dense.write_bytes(dense.read_bytes() + b"retrained")  # what `dvc repro` does after a code change
+    assert study_name(params) != name
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "terminated"])
