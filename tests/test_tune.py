@@ -124,7 +124,7 @@ def test_failed_trials_are_recorded_with_their_reason_and_the_study_goes_on(proj
     assert result["failed"] == 3 and result["chosen"] is None
 
 
-def test_the_study_is_new_when_the_dense_model_changes_and_the_same_otherwise(project, monkeypatch):
+def test_the_study_is_new_when_the_dense_model_changes_and_a_worker_cannot_start_one(project, monkeypatch):
     monkeypatch.chdir(project)
     params = config.validate(yaml.safe_load((project / "params.yaml").read_text()))
     name = study_name(params)
@@ -133,13 +133,17 @@ def test_the_study_is_new_when_the_dense_model_changes_and_the_same_otherwise(pr
     dense = project / "models" / "dense" / "s0" / "plain.pt"
     dense.write_bytes(dense.read_bytes() + b"retrained")  # what `dvc repro` does after a code change
     assert study_name(params) != name
+    lone = python("tune.py", project, "--worker", "1", "--of", "2", check=False)  # a worker never makes a study
+    assert lone.returncode != 0 and f"no study {study_name(params)}" in lone.stderr
+    assert "dense model" in lone.stderr and "Traceback" not in lone.stderr
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "terminated"])
-def test_an_interrupted_study_resumes_without_losing_or_repeating_trials(project, how):
+def test_an_interrupted_study_resumes_without_losing_or_repeating_trials(project, how, monkeypatch):
     params = set_tune(project, trials=5, epochs=8)  # trials of about a second: the signal lands inside one
     db = project / "tune" / "optuna.db"
     db.parent.mkdir()
+    monkeypatch.chdir(project)  # the study name hashes the project's dense model and data
     open_study(params, f"sqlite:///{db}")  # the schema exists before this test polls it
     worker = subprocess.Popen([sys.executable, str(REPO / "pipeline" / "tune.py"), "--worker", "0"], cwd=project,
                               env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

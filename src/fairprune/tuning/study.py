@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 import fairprune
 from fairprune import artifacts, training
 from fairprune.config import Params
+from fairprune.errors import FairpruneError
 
 ENV_STORAGE = "FAIRPRUNE_TUNE_STORAGE"
 ENV_WORKERS = "FAIRPRUNE_TUNE_WORKERS"
@@ -114,8 +115,18 @@ def open_study(params: Params, url: str, worker: int = 0) -> optuna.Study:
         storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=params.tune.heartbeat_s,
                              grace_period=params.tune.grace_s,
                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-        return optuna.create_study(study_name=study_name(params), storage=storage, directions=list(DIRECTIONS),
-                                   sampler=make_sampler(params, worker), load_if_exists=True)
+        name = study_name(params)
+        if worker == 0:
+            return optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS),
+                                       sampler=make_sampler(params, worker), load_if_exists=True)
+        try:
+            return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(params, worker))
+        except KeyError:
+            raise FairpruneError(
+                f"no study {name} in {redacted(url)}: start `python pipeline/tune.py` (worker 0) first, on the same "
+                "storage; if it runs, this worker's params, dense model, prepared data or fairprune code differ from "
+                "its (the study name hashes them): take them from the same checkout and `dvc pull`, since a "
+                "`dvc repro train` elsewhere rarely rebuilds the dense model byte for byte") from None
 
 
 def counted(trial: FrozenTrial) -> bool:
