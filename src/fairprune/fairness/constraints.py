@@ -46,7 +46,7 @@ from torch import nn
 from fairprune.config import MitigationParams
 from fairprune.device import autocast
 from fairprune.errors import TrainingDiverged
-from fairprune.fairness.surrogate import group_means
+from fairprune.fairness.surrogate import group_counts, group_means
 from fairprune.fairness.vectors import combine, norm, power_iteration
 
 CONSTRAINTS = {"relaxed": ("loss",), "full": ("loss", "grad_norm", "hessian")}
@@ -78,7 +78,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         return self.step_count % every == 0
 
     def compute_cmp_state(self, x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> cooper.CMPState:
-        counts = torch.bincount(groups, minlength=self.num_groups)
+        counts = group_counts(groups, self.num_groups, torch.long)
         present = torch.nonzero(counts).flatten()
         with autocast(self.device):
             logits = self.model(x)

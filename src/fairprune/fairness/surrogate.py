@@ -53,7 +53,7 @@ def margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return true - others.max(1).values
 
 
-def _group_counts(groups: torch.Tensor, num_groups: int, dtype: torch.dtype) -> torch.Tensor:
+def group_counts(groups: torch.Tensor, num_groups: int, dtype: torch.dtype) -> torch.Tensor:
     # not torch.bincount: on a GPU it reads the largest label back to the host to size its output
     return torch.zeros(num_groups, dtype=torch.long, device=groups.device).index_add(
         0, groups, torch.ones(groups.shape, dtype=torch.long, device=groups.device)).to(dtype)
@@ -61,7 +61,7 @@ def _group_counts(groups: torch.Tensor, num_groups: int, dtype: torch.dtype) -> 
 
 def group_means(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group means of a per-sample tensor (differentiable; 0 for an empty group) and the per-group counts."""
-    counts = _group_counts(groups, num_groups, values.dtype)
+    counts = group_counts(groups, num_groups, values.dtype)
     sums = torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add(0, groups, values)
     return sums / counts.clamp(min=1), counts
 
@@ -73,7 +73,7 @@ def parity_surrogates(logits: torch.Tensor, targets: torch.Tensor, groups: torch
     z = margins(logits, targets)
     correct_sums, wrong_sums = (torch.zeros(num_groups, dtype=z.dtype, device=z.device).index_add(0, groups, v)
                                 for v in (u(z), u(-z)))
-    counts = _group_counts(groups, num_groups, z.dtype)
+    counts = group_counts(groups, num_groups, z.dtype)
     outside = counts.sum() - counts
     inside_mean = lambda sums: sums / counts.clamp(min=1)  # noqa: E731
     outside_mean = lambda sums: (sums.sum() - sums) / outside.clamp(min=1)  # noqa: E731
@@ -102,16 +102,14 @@ def parity_penalty(logits: torch.Tensor, targets: torch.Tensor, groups: torch.Te
 def _penalty_weights(d: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
     """w_i = 1 / (2 n_a) for the samples of the maximising group a, -1 / (2 (N - n_a)) for the rest;
     all 0 when no group has samples both in it and outside it."""
-    sums = torch.zeros(num_groups, 2, dtype=d.dtype, device=d.device).index_add(
-        0, groups, torch.stack([d, torch.ones_like(d)], dim=1))  # per group: sum of d, count
-    outside = sums.sum(0) - sums
-    present = (sums[:, 1] > 0) & (outside[:, 1] > 0)
-    inside_mean, outside_mean = (t[:, 0] / t[:, 1].clamp(min=1) for t in (sums, outside))
-    top = (inside_mean - outside_mean).masked_fill(~present, float("-inf")).argmax()
-    counts = torch.stack([sums[:, 1], outside[:, 1]], dim=1).index_select(0, top.view(1))[0]  # not [top]: a host read
-    inside_weight, outside_weight = (0.5 / counts.clamp(min=1)).unbind()
-    weights = torch.where(groups == top, inside_weight, -outside_weight)
-    return weights * present.any()
+    inside_mean, counts = group_means(d, groups, num_groups)
+    outside_counts = counts.sum() - counts
+    outside_mean = (d.sum() - inside_mean * counts) / outside_counts.clamp(min=1)
+    present = (counts > 0) & (outside_counts > 0)
+    top = (inside_mean - outside_mean).masked_fill(~present, float("-inf")).argmax().view(1)
+    # gather, not [top]: indexing by a tensor reads it back to the host
+    inside_weight, outside_weight = (0.5 / n.gather(0, top).clamp(min=1) for n in (counts, outside_counts))
+    return torch.where(groups == top, inside_weight, -outside_weight) * present.any()
 
 
 def surrogate_errors(logits: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor, num_groups: int,

@@ -213,17 +213,18 @@ class HeldOutBatches:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.position >= len(self.order):
-            self.order, self.position = torch.randperm(len(self.targets), generator=self.generator), 0
-        idx = self.order[self.position:self.position + self.batch_size].to(self.device)
+            self.order = torch.randperm(len(self.targets), generator=self.generator).to(self.device)
+            self.position = 0
+        idx = self.order[self.position:self.position + self.batch_size]
         self.position += self.batch_size
         return self.images[idx].float().div(255.0), self.targets[idx], self.groups[idx]
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+        return {"generator": self.generator.get_state(), "order": self.order.cpu(), "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-        self.order, self.position = state["order"], state["position"]
+        self.order, self.position = state["order"].to(self.device), state["position"]
 
 
 class BifpStep:
