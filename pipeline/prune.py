@@ -26,8 +26,9 @@ def main(params, args, timer):
     start = start_checkpoint(params, args.method, args.seed)
     dense_macs = macs_per_image(models.load(start)[0], data.input_shape)
     key_name = artifacts.pruned_key(args.method, args.sparsity, args.seed)
-    key = training.fingerprint("prune", key_name, params.finetune.model_dump(), params.prune.model_dump(),
-                               params.mitigation.model_dump() if arm else None)
+    key = training.stage_fingerprint("prune", key_name, params.finetune.model_dump(), params.prune.model_dump(),
+                                     params.mitigation.model_dump() if arm else None,
+                                     inputs=[start, artifacts.PREPARED])
     checkpoint = artifacts.CHECKPOINT_DIR / f"prune-{key_name}.ckpt"
     previous = training.read_checkpoint(checkpoint, key)
     dvc_stage = f"prune@{args.method}-{artifacts.sparsity_label(args.sparsity)}-{args.seed}"

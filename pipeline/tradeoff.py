@@ -10,6 +10,7 @@ from tqdm import tqdm
 from fairprune import artifacts, tracking, training
 from fairprune.config import nested_override
 from fairprune.device import resolve
+from fairprune.pruning.finetune import start_checkpoint
 from fairprune.stage import run
 from fairprune.tuning.objective import TrialRunner, with_overrides
 
@@ -23,6 +24,15 @@ def points(params):
                 yield method, sweep.keys, value, seed
 
 
+def point_key(point_params, method: str, sparsity: float, seed: int, split: str) -> str:
+    """The cache key of one point: its params, and the contents of the models it starts from and is
+    scored against, of the prepared data and of the code (a retrained dense model reruns the stage)."""
+    return training.stage_fingerprint(
+        "tradeoff", method, sparsity, seed, point_params.prune.model_dump(), point_params.finetune.model_dump(),
+        point_params.mitigation.model_dump(), split,
+        inputs=[start_checkpoint(point_params, method, seed), artifacts.dense_model(seed), artifacts.PREPARED])
+
+
 def main(params, args, timer):
     todo = list(points(params))
     sparsity, split = params.tradeoff.sparsity, params.evaluate.split
@@ -34,10 +44,7 @@ def main(params, args, timer):
             import mlflow
             for method, keys, value, seed in tqdm(todo, desc="tradeoff points", unit="point"):
                 point_params = with_overrides(params, nested_override(dict.fromkeys(keys, value)))
-                key = training.fingerprint("tradeoff", method, sparsity, seed, point_params.prune.model_dump(),
-                                           point_params.finetune.model_dump(), point_params.mitigation.model_dump(),
-                                           split)
-                cached = CACHE / f"{key}.json"
+                cached = CACHE / f"{point_key(point_params, method, sparsity, seed, split)}.json"
                 if cached.exists():
                     results.append(artifacts.read_json(cached))
                     continue

@@ -17,9 +17,9 @@ def main(params, args, timer):
     seed_everything(args.seed)
     model = models.build(params.model.arch, data)
     mitigation = None if args.variant == "plain" else params.mitigation.model_copy(update={"variant": args.variant})
-    key = training.fingerprint("train", params.model.model_dump(), params.train.model_dump(exclude={"variants"}),
-                               args.seed, args.variant, mitigation and mitigation.model_dump(),
-                               data.stats()["n_per_split"])
+    key = training.stage_fingerprint("train", params.model.model_dump(), params.train.model_dump(exclude={"variants"}),
+                                     args.seed, args.variant, mitigation and mitigation.model_dump(),
+                                     inputs=[artifacts.PREPARED])
     checkpoint = artifacts.CHECKPOINT_DIR / f"train-{args.variant}-s{args.seed}.ckpt"
     previous = training.read_checkpoint(checkpoint, key)
     rewind = {"rewind_state": previous.get("rewind_state") if previous else None}

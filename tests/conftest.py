@@ -48,3 +48,30 @@ def make_project(work: Path, overrides: dict) -> dict:
     sh(["dvc", "init", "-q"], work, env)
     sh([sys.executable, "-m", "fairprune.tracking"], work, env)
     return env
+
+
+def clean_env(extra: dict | None = None) -> dict:
+    """The environment for a stage, without the MLflow URI an in-process test may have exported
+    (mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI), so the stage logs into its own project."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, **(extra or {})}
+
+
+def python(script: str, cwd: Path, *args: str, env: dict | None = None, check: bool = True, **kwargs):
+    cmd = [sys.executable, str(REPO / "pipeline" / script), *args]
+    result = subprocess.run(cmd, check=False, cwd=cwd, env=clean_env(env), capture_output=True, text=True, timeout=300, **kwargs)
+    if check:
+        assert result.returncode == 0, f"{cmd}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def prepared_and_trained(work: Path, overrides: dict) -> Path:
+    """A project folder (no git, no DVC) with params.yaml updated by `overrides`, the prepared
+    embedded data and seed 0's plain dense model."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    python("prepare.py", work)
+    python("train.py", work, "--seed", "0", "--variant", "plain")
+    return work

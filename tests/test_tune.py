@@ -13,10 +13,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
+from conftest import clean_env, prepared_and_trained, python
 
 from fairprune import config
-from fairprune.tuning.study import FAIL_REASON, INTERRUPTED, RETRY_OF, open_study, study_name
+from fairprune.tuning.study import FAIL_REASON, INTERRUPTED, RETRY_OF, open_study, requeue_interrupted, study_name
 from fairprune.tuning.summary import dominates
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,32 +31,10 @@ TINY = {
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-def clean_env(extra: dict | None = None) -> dict:
-    """The environment for a stage, without the MLflow URI an in-process test may have exported
-    (mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI), so the stage logs into its own project."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return {**env, **(extra or {})}
-
-
-def python(script: str, cwd: Path, *args: str, env: dict | None = None, check: bool = True, **kwargs):
-    cmd = [sys.executable, str(REPO / "pipeline" / script), *args]
-    result = subprocess.run(cmd, cwd=cwd, env=clean_env(env), capture_output=True, text=True, timeout=300, **kwargs)
-    if check:
-        assert result.returncode == 0, f"{cmd}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A project folder with the prepared embedded data and one dense model."""
-    work = tmp_path_factory.mktemp("tune_base")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    python("prepare.py", work)
-    python("train.py", work, "--seed", "0", "--variant", "plain")
-    return work
+    return prepared_and_trained(tmp_path_factory.mktemp("tune_base"), TINY)
 
 
 @pytest.fixture
@@ -136,6 +116,27 @@ def test_the_study_is_new_when_the_dense_model_changes_and_a_worker_cannot_start
     lone = python("tune.py", project, "--worker", "1", "--of", "2", check=False)  # a worker never makes a study
     assert lone.returncode != 0 and f"no study {study_name(params)}" in lone.stderr
     assert "dense model" in lone.stderr and "Traceback" not in lone.stderr
+
+
+def test_a_trial_interrupted_before_its_training_starts_is_still_requeued(project, monkeypatch):
+    # SIGTERM can land in the trial's bookkeeping around the training (the surplus check, the
+    # sampler); the trial must be marked interrupted there too, or it is lost instead of retried.
+    from fairprune.tuning import objective
+
+    monkeypatch.chdir(project)
+    params = config.validate(yaml.safe_load((project / "params.yaml").read_text()))
+    study = open_study(params, f"sqlite:///{project / 'optuna.db'}")
+    runner = objective.TrialRunner(params, torch.device("cpu"), None, None)
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(objective, "is_surplus", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(runner, n_trials=1)
+    (trial,) = study.get_trials(deepcopy=False)
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get(INTERRUPTED)
+    assert requeue_interrupted(study) == [trial.number]
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "terminated"])

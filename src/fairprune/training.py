@@ -33,6 +33,27 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def source_files() -> list[Path]:
+    return sorted(Path(__file__).parent.rglob("*.py"))
+
+
+def inputs_digest(paths: list[Path]) -> str:
+    """A hash of the files' contents."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            digest.update(Path(path).name.encode())
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def stage_fingerprint(*parts, inputs: list[Path]) -> str:
+    """`fingerprint` of the parts, of the contents of the input files and of fairprune's code. DVC
+    reruns a stage when any of these changed; a checkpoint or cached result that the stage left
+    under other inputs or other code must then not be resumed or reported as the new run's."""
+    return fingerprint(inputs_digest([*dict.fromkeys(inputs), *source_files()]), *parts)
+
+
 def read_checkpoint(path: Path | None, expected: str) -> dict | None:
     """The checkpoint at `path` if it was written by a run with the same fingerprint."""
     if path is None or not Path(path).exists():

@@ -101,6 +101,13 @@ class TrialRunner:
         return scores
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        try:
+            return self._trial(trial)
+        except KeyboardInterrupt:  # anywhere in the trial, its bookkeeping included: retried at the next start
+            trial.set_user_attr(INTERRUPTED, True)
+            raise
+
+    def _trial(self, trial: optuna.Trial) -> tuple[float, float]:
         import mlflow
 
         tune = self.params.tune
@@ -123,9 +130,6 @@ class TrialRunner:
                 tracking.log_metrics({**val.record, "train_s": val.train_s})
         except FairpruneError as exc:
             trial.set_user_attr(FAIL_REASON, str(exc))
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr(INTERRUPTED, True)
             raise
         if tune.gap_budget is not None:
             trial.set_constraint("gap_budget", val.gap - tune.gap_budget)

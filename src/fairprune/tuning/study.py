@@ -15,7 +15,6 @@ restarts, and no trial is lost or repeated:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 import warnings
@@ -27,7 +26,6 @@ from filelock import FileLock
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-import fairprune
 from fairprune import artifacts, training
 from fairprune.config import Params
 from fairprune.errors import FairpruneError
@@ -74,26 +72,14 @@ def study_name(params: Params) -> str:
     tune = params.tune
     if tune.study:
         return tune.study
-    key = training.fingerprint(
-        inputs_digest([artifacts.dense_model(tune.seed), artifacts.PREPARED,
-                       *sorted(Path(fairprune.__file__).parent.rglob("*.py"))]),
+    key = training.stage_fingerprint(
         params.data.model_dump(), params.model.model_dump(), params.train.model_dump(),
         params.prune.model_dump(exclude={"methods", "sparsities"}), params.finetune.model_dump(),
         params.mitigation.model_dump(),
         tune.model_dump(include={"method", "sparsity", "seed", "gap", "gap_budget", "sampler", "sampler_seed",
-                                 "epochs", "search"}))
+                                 "epochs", "search"}),
+        inputs=[artifacts.dense_model(tune.seed), artifacts.PREPARED])
     return f"{tune.method}-{tune.sparsity}-{key[:8]}"
-
-
-def inputs_digest(paths: list[Path]) -> str:
-    """A hash of the files' contents: when `dvc repro` reruns `tune` because the code or the dense
-    model changed, the trials of the old ones are not reported as the new ones'."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            digest.update(path.name.encode())
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()
 
 
 def make_sampler(params: Params, worker: int) -> optuna.samplers.BaseSampler:
