@@ -5,6 +5,7 @@ three). Both run alternated in this process on the same batches and a magnitude-
 median of repeated timings is compared.
 
     python benchmarks/bench_bifp.py [--arch small_cnn] [--size 32] [--batch 128] [--inner-steps 1] [--device cpu]
+                                    [--profile N]
 """
 import argparse
 import statistics
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iterations", type=int, default=10, help="outer iterations per timed round")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also print the N ops that take the most time in each step (device time on CUDA)")
     args = parser.parse_args()
     device = torch.device(args.device)
     shapes = SimpleNamespace(input_shape=(3, args.size, args.size), num_classes=args.classes,
@@ -84,12 +87,30 @@ def main() -> None:
                                                                                           for _ in range(per_outer)])
     print(f"ATen ops dispatched: plain {plain_ops}, BiFP {bifp_ops}, ratio {bifp_ops / plain_ops:.2f}x "
           "(what bounds a small model's step on a GPU; on the CPU the optimisers and the mask selection take other paths)")
+    if args.profile:
+        for name, step in (("plain step", lambda: plain(x, y, a)),
+                           ("BiFP outer iteration", lambda: [bifp(x, y, a) for _ in range(per_outer)])):
+            print(f"\n{name}: the {args.profile} ops with the most self time, {args.iterations} calls")
+            print(profile_table(step, device, args.iterations, args.profile))
 
 
 def dispatched_ops(step) -> int:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         step()
     return sum(1 for event in profile.events() if event.name.startswith("aten::"))
+
+
+def profile_table(step, device: torch.device, calls: int, rows: int) -> str:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        for _ in range(calls):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return profile.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60)
 
 
 if __name__ == "__main__":
