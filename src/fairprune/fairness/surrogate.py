@@ -19,7 +19,9 @@ lowered by shrinking the better group's margins (levelling down) rather than fix
 group's errors. The `sigmoid` u (not convex, not a bound: the smooth indicator sigmoid(t)) gives
 u(z) - u(-z) = tanh(z / 2), so D is a soft 2 acc - 1 in [-1, 1] and the penalty a soft accuracy
 gap; its `surrogate_errors` are soft error rates.
-For more than two groups each group is compared with the rest and the largest is penalised.
+For more than two groups each group is compared with the rest and the largest disparity in either
+direction, max_a |D_a - D_{not a}| / 2, is penalised: without the absolute value the maximum picks the
+group furthest above the rest and a lagging group gets no more push than any other.
 
 `surrogate_errors` gives each group's mean u(-z), an upper bound of its error rate; BiFP's
 Lagrangian variant constrains each group's term against the mean of the groups' terms.
@@ -85,8 +87,9 @@ def parity_surrogates(logits: torch.Tensor, targets: torch.Tensor, groups: torch
 
 def parity_penalty(logits: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor, num_groups: int,
                    surrogate: str = "logistic") -> torch.Tensor:
-    """max_a (F_a - F'_a) / 2 = (D_a - D_{not a}) / 2 over the groups present (0 when the batch holds a
-    single group).
+    """max_a |F_a - F'_a| / 2 = |D_a - D_{not a}| / 2 over the groups present (0 when the batch holds a
+    single group). With two groups the two terms are equal; with more, the group furthest from the
+    rest in either direction is the one pushed (towards the rest).
 
     BiFP adds this at every step, and on a GPU a small model's step is bound by kernel launches, not
     arithmetic: through F and F' it took about 80 kernels forward and backward, cross-entropy 6. The
@@ -100,15 +103,17 @@ def parity_penalty(logits: torch.Tensor, targets: torch.Tensor, groups: torch.Te
 
 
 def _penalty_weights(d: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """w_i = 1 / (2 n_a) for the samples of the maximising group a, -1 / (2 (N - n_a)) for the rest;
-    all 0 when no group has samples both in it and outside it."""
+    """w_i = s / (2 n_a) for the samples of the maximising group a, -s / (2 (N - n_a)) for the rest, with
+    s the sign of its D_a - D_{not a}; all 0 when no group has samples both in it and outside it."""
     inside_mean, counts = group_means(d, groups, num_groups)
     outside_counts = counts.sum() - counts
     outside_mean = (d.sum() - inside_mean * counts) / outside_counts.clamp(min=1)
     present = (counts > 0) & (outside_counts > 0)
-    top = (inside_mean - outside_mean).masked_fill(~present, float("-inf")).argmax().view(1)
+    difference = inside_mean - outside_mean
+    top = difference.abs().masked_fill(~present, float("-inf")).argmax().view(1)
     # gather, not [top]: indexing by a tensor reads it back to the host
-    inside_weight, outside_weight = (0.5 / n.gather(0, top).clamp(min=1) for n in (counts, outside_counts))
+    sign = torch.where(difference.gather(0, top) < 0, -1.0, 1.0).to(d.dtype)
+    inside_weight, outside_weight = (0.5 * sign / n.gather(0, top).clamp(min=1) for n in (counts, outside_counts))
     return torch.where(groups == top, inside_weight, -outside_weight) * present.any()
 
 
