@@ -1,5 +1,6 @@
 """BiFP: the straight-through hard mask, the weight level against plain SGD, the surrogate bound,
 the score gradient (with the implicit-gradient term) against finite differences."""
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -117,13 +118,35 @@ def test_penalty_has_the_value_and_gradient_of_the_largest_half_difference_of_f_
     if absent is not None:
         groups[groups == absent] = 0
     forward, mirrored, present = parity_surrogates(logits, y, groups, num_groups, surrogate)
-    reference = ((forward - mirrored) / 2)[present].max()
+    reference = ((forward - mirrored) / 2)[present].abs().max()
     expected = torch.autograd.grad(reference, logits)[0]
     penalty = parity_penalty(logits, y, groups, num_groups, surrogate)
     assert penalty.item() == pytest.approx(reference.item(), abs=1e-5)
     assert torch.allclose(torch.autograd.grad(penalty, logits)[0], expected, atol=1e-6)
     alone = parity_penalty(logits, y, torch.zeros_like(groups), num_groups, surrogate)
     assert alone.item() == 0.0 and not torch.autograd.grad(alone, logits)[0].any()
+
+
+def soft_accuracy_logits(accuracies: list[float], per_group: int = 100) -> tuple[torch.Tensor, ...]:
+    """Two-class logits whose sigmoid-surrogate soft accuracy is exactly `accuracies[a]` in group a:
+    every sample of group a has the margin z with (1 + tanh(z / 2)) / 2 = accuracy."""
+    margin = [2 * math.atanh(2 * a - 1) for a in accuracies]
+    groups = torch.arange(len(accuracies)).repeat_interleave(per_group)
+    z = torch.tensor(margin, dtype=torch.float64)[groups]
+    logits = torch.stack([z, torch.zeros_like(z)], 1).requires_grad_()
+    return logits, torch.zeros(len(groups), dtype=torch.long), groups
+
+
+def test_penalty_pushes_a_single_lagging_group_among_many():
+    # Seen on the old code (max without |.|): nine groups at soft accuracy 0.9 and one at 0.5 gave a
+    # penalty of 0.044 and the lagging group no more push than the others.
+    logits, y, groups = soft_accuracy_logits([0.9] * 9 + [0.5])
+    penalty = parity_penalty(logits, y, groups, 10, "sigmoid")
+    assert penalty.item() == pytest.approx((0.8 - 0.0) / 2, abs=1e-6)  # |D_lagging - D_rest| / 2 = 0.40
+    grad = torch.autograd.grad(penalty, logits)[0][:, 0]  # d penalty / d margin
+    lagging, others = grad[groups == 9], grad[groups != 9]
+    assert (lagging < 0).all() and (others > 0).all()  # raise the lagging margins, lower the rest towards them
+    assert lagging.abs().min() > 5 * others.abs().max()
 
 
 def test_sigmoid_penalty_is_a_soft_accuracy_gap_that_confident_samples_cannot_dominate():
@@ -161,8 +184,11 @@ def test_weight_steps_and_the_penalty_never_read_back_to_the_host(method, settin
     assert step.calls == 1
 
 
-def test_score_gradient_matches_finite_differences_of_the_loss_in_the_masked_weights():
-    model, step = bifp_step("bifp_uns", 0.5, lambda_m=0.5, ig_scale=3.0, score_lr=1e-3)
+@pytest.mark.parametrize("lambda_w,lambda_m", [(0.5, 0.5), (2.0, 0.5), (0.0, 1.0)])
+def test_score_gradient_matches_finite_differences_of_both_levels_in_the_masked_weights(lambda_w, lambda_m):
+    # The implicit-gradient factor is the LOWER level's gradient (l + lambda_w F); the old code used
+    # the upper level's twice, which differs whenever lambda_w != lambda_m (the ablations).
+    model, step = bifp_step("bifp_uns", 0.5, lambda_w=lambda_w, lambda_m=lambda_m, ig_scale=3.0, score_lr=1e-3)
     x, y, groups = batch()
     layer = model[2]
     theta, mask = layer.weight_orig.detach().clone(), layer.weight_mask.clone()
@@ -170,20 +196,23 @@ def test_score_gradient_matches_finite_differences_of_the_loss_in_the_masked_wei
     step(x, y, groups)
     score_grad = step.scores[1].grad  # what the score optimiser stepped on
 
-    def loss_at(z):
+    def loss_at(z, weight):
         net = dense_copy(model)
         with torch.no_grad():
             net[2].weight.copy_(z)
         logits = net(x)
-        return float(step._objective(logits, y, groups, 0.5)[0].detach())
+        return float(step._objective(logits, y, groups, weight)[0].detach())
 
-    z, eps = theta * mask, 1e-3
+    def derivative(z, i, j, weight, eps=1e-3):
+        up, down = z.clone(), z.clone()
+        up[i, j] += eps
+        down[i, j] -= eps
+        return (loss_at(up, weight) - loss_at(down, weight)) / (2 * eps)
+
+    z = theta * mask
     for i, j in [(0, 0), (3, 5), (7, 2), (11, 14)]:
-        bumped_up, bumped_down = z.clone(), z.clone()
-        bumped_up[i, j] += eps
-        bumped_down[i, j] -= eps
-        g_z = (loss_at(bumped_up) - loss_at(bumped_down)) / (2 * eps)
-        expected = g_z * theta[i, j] - 3.0 * g_z * g_z * mask[i, j]
+        upper, lower = derivative(z, i, j, lambda_m), derivative(z, i, j, lambda_w)
+        expected = upper * theta[i, j] - 3.0 * lower * upper * mask[i, j]
         assert float(score_grad[i, j]) == pytest.approx(float(expected), rel=0.05, abs=2e-5)
 
 

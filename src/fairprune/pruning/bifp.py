@@ -7,10 +7,12 @@ instead of plain SGD. Every K + 1 batches form one outer iteration:
 - K weight steps, mask fixed: task loss + lambda_w * F on theta (the fine-tuning optimiser);
 - one score step, weights fixed: task loss + lambda_m * F, whose gradient with respect to the
   masked weights z = m * theta gives, from that one backward,
-      grad_scores = dL/dz * theta  -  ig_scale * dL/dz * (dL/dz * m)
+      grad_scores = df/dz * theta  -  ig_scale * dg/dz * (df/dz * m)
+  with f = task + lambda_m F the upper-level and g = task + lambda_w F the lower-level loss
   (straight-through to the scores, then BiP's first-order implicit-gradient correction
-  -(1/gamma) grad_z L * grad_theta L with grad_theta L = grad_z L * m), summed over the weights a
-  score gates; then the hard mask is recomputed at exactly the target sparsity.
+  -(1/gamma) grad_z g * grad_theta f with grad_theta f = grad_z f * m), summed over the weights a
+  score gates; then the hard mask is recomputed at exactly the target sparsity. When
+  lambda_w = lambda_m the two gradients are one backward; otherwise two.
 F is `parity_penalty` (half the difference of Wu et al.'s F and its mirror, see fairness.surrogate). `bifp_lagrangian`
 instead constrains each group's surrogate error to at most the groups' mean + `tolerance`, with one
 cooper multiplier per group, updated by dual ascent at every weight step and used by both levels.
@@ -297,18 +299,34 @@ class BifpStep:
         self.model.train(was_training)
         return self._violations(logits, y, groups)
 
+    def _level_gradients(self, logits, y, groups) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """d/dz of the upper-level loss f = l + lambda_m F and of the lower-level g = l + lambda_w F at
+        z = m * theta. One backward when the two coincide (lambda_w = lambda_m, the Lagrangian variant,
+        or no implicit-gradient term); otherwise the gradients of l and F, combined."""
+        masked = [getattr(m, n) for m, n in self.layout.targets]  # the pruning hooks' m * theta of this forward
+        lambda_m, lambda_w = self.bifp.lambda_m, self.bifp.lambda_w
+        if self.multiplier is not None or lambda_m == lambda_w or self.bifp.ig_scale == 0:
+            loss, task, _ = self._objective(logits, y, groups, lambda_m)
+            upper = [g.float() for g in torch.autograd.grad(loss, masked)]
+            return upper, upper, task
+        task = F.cross_entropy(logits.float(), y)
+        penalty = parity_penalty(logits, y, groups, self.num_groups, self.bifp.surrogate)
+        task_grads = torch.autograd.grad(task, masked, retain_graph=True)
+        penalty_grads = torch.autograd.grad(penalty, masked)
+        upper = torch._foreach_add([g.float() for g in task_grads], [g.float() for g in penalty_grads], alpha=lambda_m)
+        lower = torch._foreach_add([g.float() for g in task_grads], [g.float() for g in penalty_grads], alpha=lambda_w)
+        return upper, lower, task
+
     def _score_step(self, x, y, groups):
         with autocast(self.device):
             logits = self.model(x)
-        loss, task, _ = self._objective(logits, y, groups, self.bifp.lambda_m)
-        masked = [getattr(m, n) for m, n in self.layout.targets]  # the pruning hooks' m * theta of this forward
-        grads = torch.autograd.grad(loss, masked)
+        upper, lower, task = self._level_gradients(logits, y, groups)
         with torch.no_grad():
             thetas, masks = self._pruning_tensors("orig"), self._pruning_tensors("mask")
-            grads = [g.float() for g in grads]
-            # g * theta - ig_scale * g * (g * mask): two multi-tensor kernels, not two per layer (launch-bound GPUs)
-            per_weight = torch._foreach_addcmul(thetas, grads, masks, value=-self.bifp.ig_scale)
-            torch._foreach_mul_(per_weight, grads)
+            # grad_z f * theta - ig_scale * grad_z g * (grad_z f * mask), with grad_theta f = grad_z f * mask:
+            # two multi-tensor kernels, not two per layer (launch-bound GPUs)
+            per_weight = torch._foreach_addcmul(thetas, lower, masks, value=-self.bifp.ig_scale)
+            torch._foreach_mul_(per_weight, upper)
             for score, grad in zip(self.scores, self.layout.score_grads(per_weight)):
                 score.grad = grad.to(score.dtype)
             self.score_optimizer.step()
