@@ -7,7 +7,7 @@ from fairprune.data import load_prepared
 from fairprune.device import resolve
 from fairprune.errors import DataError
 from fairprune.evaluation import evaluate_split
-from fairprune.fairness import fairness_gaps
+from fairprune.fairness import fairness_gaps, undefined_gaps
 from fairprune.fairness.surrogate import surrogate_excess
 from fairprune.pruning import measure_sparsity
 from fairprune.stage import run
@@ -39,6 +39,7 @@ def metrics_record(run_name, method, sparsity, seed, split, model, preds, dense_
         "sparsity_actual": size["sparsity_actual"], "params_total": size["params_total"],
         "params_nonzero": size["params_nonzero"], "accuracy": stats.overall_accuracy, "loss": stats.overall_loss,
         "groups": groups, "fairness": {**fairness_gaps(stats, dense_stats), "surrogate_excess": excess},
+        "fairness_undefined": undefined_gaps(stats, dense_stats),
         "cost": {key: (prune_record or {}).get(key) for key in COST_KEYS},
     }
 

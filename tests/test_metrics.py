@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fairprune.fairness import fairness_gaps, group_stats
+from fairprune.fairness import fairness_gaps, group_stats, undefined_gaps
 
 
 def test_group_stats_hand_computed():
@@ -35,7 +35,9 @@ def test_gaps_against_dense_hand_computed():
     tpr = [np.nan, 1 / 3]
     fpr = [1 / 2, np.nan]
     assert np.isnan(tpr[0]) and np.isnan(fpr[1])
-    assert gaps["equalized_odds_gap"] == 0.0  # each rate is defined for one group only
+    # each rate is defined for one group only: nothing to compare (the old code said 0.0, perfect fairness)
+    assert np.isnan(gaps["equalized_odds_gap"])
+    assert "equalized_odds_gap" in undefined_gaps(pruned, dense)
 
 
 def test_missing_group_is_left_out_of_gaps():
@@ -62,3 +64,26 @@ def test_single_pass_equals_per_group_loop():
         assert s.accuracy[a] == pytest.approx(np.mean(y[g == a] == p[g == a]))
         assert s.loss[a] == pytest.approx(loss[g == a].mean())
     assert s.n[6] == 0
+
+
+def test_a_single_group_defines_no_gap():
+    # one group present: the old code reported every gap as 0.0
+    dense = group_stats([0, 1, 1, 0], [0, 1, 1, 0], [0.1] * 4, [1, 1, 1, 1], 3, num_classes=2)
+    pruned = group_stats([0, 1, 1, 0], [0, 0, 1, 0], [0.5] * 4, [1, 1, 1, 1], 3, num_classes=2)
+    gaps = fairness_gaps(pruned, dense)
+    assert all(np.isnan(v) for v in gaps.values()), gaps
+    assert set(undefined_gaps(pruned, dense)) == set(gaps)
+
+
+def test_equalized_odds_is_the_larger_of_the_two_rate_spreads_when_both_are_defined():
+    # group 0: TPR 1/2, FPR 0; group 1: TPR 1, FPR 1/2
+    y_true, y_pred, group = [1, 1, 0, 0, 1, 1, 0, 0], [1, 0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1, 1, 1]
+    s = group_stats(y_true, y_pred, [0.1] * 8, group, 2, num_classes=2)
+    assert fairness_gaps(s, s)["equalized_odds_gap"] == pytest.approx(0.5)
+    assert undefined_gaps(s, s) == {}
+
+
+@pytest.mark.parametrize("bad", [2, -1])
+def test_out_of_range_group_labels_are_rejected(bad):
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        group_stats([0, 1], [0, 1], [0.1, 0.1], [0, bad], 2)
