@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from fairprune.fairness.vectors import power_iteration, top_eigenpair
 from fairprune.fairness.diagnostics import (GroupSample, Subspace, add_excess_loss_bound, diagnose, gradient,
                                             hessian_vector_product, parameter_distance, top_eigenvalue)
 
@@ -47,12 +48,25 @@ def test_group_gradient_norms_equal_a_per_group_autograd_reference():
     assert record["population"]["grad_norm"] == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_top_eigenpair_is_the_largest_algebraic_eigenvalue_when_a_negative_one_dominates():
+    # eigenvalues -5, 2, 1: power iteration alone returns -5 (the old code's "top" eigenvalue)
+    basis, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    matrix = basis @ torch.diag(torch.tensor([-5.0, 2.0, 1.0], dtype=torch.float64)) @ basis.T
+    hvp = lambda v: [matrix @ v[0]]  # noqa: E731
+    start = [torch.ones(3, dtype=torch.float64) / 3 ** 0.5]
+    assert power_iteration(hvp, start, 200)[0] == pytest.approx(-5.0, rel=1e-6)
+    value, vector = top_eigenpair(hvp, start, 200)
+    assert value == pytest.approx(2.0, rel=1e-6)
+    assert torch.allclose(matrix @ vector[0], 2.0 * vector[0], atol=1e-6)
+    positive = basis @ torch.diag(torch.tensor([5.0, -2.0, 1.0], dtype=torch.float64)) @ basis.T
+    assert top_eigenpair(lambda v: [positive @ v[0]], start, 200)[0] == pytest.approx(5.0, rel=1e-6)
+
+
 def test_power_iteration_matches_the_top_eigenvalue_of_the_explicit_hessian():
     model, (sample, _) = tiny(), samples()
     loss, flat = flat_loss(model, sample)
     hessian = torch.autograd.functional.hessian(loss, flat)
-    eigenvalues = torch.linalg.eigvalsh(hessian)
-    expected = eigenvalues[eigenvalues.abs().argmax()]
+    expected = torch.linalg.eigvalsh(hessian).max()  # the largest algebraic eigenvalue
     space = Subspace(model)
     value, vector = top_eigenvalue(lambda v: hessian_vector_product(model, space, sample, v, 8), space,
                                    iterations=300, seed=1)

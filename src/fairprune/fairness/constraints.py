@@ -47,7 +47,7 @@ from fairprune.config import MitigationParams
 from fairprune.device import autocast
 from fairprune.errors import TrainingDiverged
 from fairprune.fairness.surrogate import group_counts, group_means
-from fairprune.fairness.vectors import combine, norm, power_iteration
+from fairprune.fairness.vectors import combine, norm, top_eigenpair
 
 CONSTRAINTS = {"relaxed": ("loss",), "full": ("loss", "grad_norm", "hessian")}
 
@@ -137,7 +137,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             def hvp(u, grad=grad):
                 return [h.detach() for h in torch.autograd.grad(_inner(grad, u), params, retain_graph=True)]
 
-            _, v = power_iteration(hvp, v, self.params.hessian_iterations)
+            _, v = top_eigenpair(hvp, v, self.params.hessian_iterations)
             self.eigenvectors[key] = v
             hv = torch.autograd.grad(_inner(grad, v), params, create_graph=True)
             quotients.append(_inner(v, hv))

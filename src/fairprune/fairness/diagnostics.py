@@ -12,7 +12,8 @@ Choices the paper leaves open, made here:
   Hessian-vector products live in the subspace of the surviving weights.
 - The population quantities weight each group by its true training size, so the population
   gradient is exactly sum_a (N_a / N) g_a even though each group is sampled separately.
-- Power iteration returns the Rayleigh quotient of the eigenvalue of largest magnitude.
+- The top eigenvalue is the largest algebraic one (Rayleigh quotient; a shifted second power
+  iteration when the eigenvalue of largest magnitude is negative), as Tran et al.'s lambda_max.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairprune.fairness.vectors import combine, norm, power_iteration
+from fairprune.fairness.vectors import combine, norm, top_eigenpair
 from fairprune.pruning.base import prunable_weights
 
 
@@ -78,8 +79,8 @@ def hessian_vector_product(model: nn.Module, space: Subspace, sample: GroupSampl
 
 
 def top_eigenvalue(hvp, space: Subspace, iterations: int, seed: int) -> tuple[float, list[torch.Tensor]]:
-    """Power iteration from a seeded random unit vector of the subspace."""
-    return power_iteration(hvp, space.random_unit(torch.Generator().manual_seed(seed)), iterations)
+    """The largest algebraic eigenvalue, by power iteration from a seeded random unit vector of the subspace."""
+    return top_eigenpair(hvp, space.random_unit(torch.Generator().manual_seed(seed)), iterations)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ def combine(vectors: list[Vector], weights: list[float]) -> Vector:
 
 
 def power_iteration(hvp: Callable[[Vector], Vector], v: Vector, iterations: int) -> tuple[float, Vector]:
-    """The eigenvalue of largest magnitude of `hvp` (Rayleigh quotient) and its unit vector,
+    """The eigenvalue of largest MAGNITUDE of `hvp` (Rayleigh quotient) and its unit vector,
     starting from the unit vector `v` (random, or the last call's result to warm-start)."""
     eigenvalue = 0.0
     for _ in range(iterations):
@@ -34,3 +34,21 @@ def power_iteration(hvp: Callable[[Vector], Vector], v: Vector, iterations: int)
             break
         v = [t / length for t in hv]
     return eigenvalue, v
+
+
+def top_eigenpair(hvp: Callable[[Vector], Vector], v: Vector, iterations: int) -> tuple[float, Vector]:
+    """The largest ALGEBRAIC eigenvalue (Tran et al.'s lambda_max in Eq. 4 and 7) and its unit vector.
+
+    Plain power iteration finds the eigenvalue mu of largest magnitude, which is the largest
+    algebraic one unless it is negative (a Hessian away from a minimum often has such directions).
+    Then every eigenvalue of H - mu I is >= 0 and its largest is lambda_max - mu: a second power
+    iteration on the shifted operator, from the same start `v` (so a warm start still helps)."""
+    mu, vector = power_iteration(hvp, v, iterations)
+    if mu >= 0:
+        return mu, vector
+
+    def shifted(u: Vector) -> Vector:
+        return combine([hvp(u), u], [1.0, -mu])
+
+    _, vector = power_iteration(shifted, v, iterations)
+    return dot(vector, hvp(vector)), vector
