@@ -10,6 +10,8 @@ from torch import nn
 from torchvision.models import mobilenet_v2
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from fairprune import tensorfile
+
 ARCHITECTURES: dict[str, Callable[[int, int, int], nn.Module]] = {}
 
 
@@ -88,15 +90,56 @@ def build(arch: str, data) -> Classifier:
     return Classifier(arch, data.input_shape, data.num_classes, data.mean, data.std)
 
 
+STRUCTURE_ATTRS = {  # what Torch-Pruning changes when it removes channels, per layer type
+    nn.Conv2d: ("in_channels", "out_channels", "groups"),
+    nn.Linear: ("in_features", "out_features"),
+    nn.modules.batchnorm._BatchNorm: ("num_features",),
+}
+
+
+def _structure(model: nn.Module) -> dict[str, dict[str, int]]:
+    """The channel counts of every layer whose count pruning can change, by module name."""
+    out = {}
+    for name, module in model.named_modules():
+        for kind, attrs in STRUCTURE_ATTRS.items():
+            if isinstance(module, kind):
+                out[name] = {a: int(getattr(module, a)) for a in attrs}
+    return out
+
+
+def _rebuild(spec: dict, structure: dict[str, dict[str, int]], state: dict[str, torch.Tensor]) -> Classifier:
+    """The architecture of `spec`, with every layer resized to the saved (possibly pruned) shapes."""
+    model = Classifier(spec["arch"], tuple(spec["input_shape"]), spec["num_classes"], spec["mean"], spec["std"])
+    modules = dict(model.named_modules())
+    for name, attrs in structure.items():
+        module = modules[name]
+        for attr, value in attrs.items():
+            setattr(module, attr, value)
+    for key, tensor in state.items():
+        owner, _, leaf = key.rpartition(".")
+        module = modules[owner]
+        if leaf in module._parameters and module._parameters[leaf] is not None:
+            module._parameters[leaf] = nn.Parameter(torch.empty_like(tensor))
+        elif leaf in module._buffers and module._buffers[leaf] is not None:
+            module._buffers[leaf] = torch.empty_like(tensor)
+    model.load_state_dict(state)
+    return model
+
+
 def save(model: nn.Module, path: str | Path, **extra) -> None:
-    """Save the whole module (pickled), so physically pruned models reload with their shapes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.cpu(), **extra}, tmp)
-    tmp.replace(path)
+    """Save tensors and plain values only: the architecture spec, each layer's channel counts (so
+    physically pruned models reload with their shapes), the state dict and `extra` (plain values).
+    Pruning masks must be folded in first (make_permanent)."""
+    payload = {"format": 2, "spec": model.spec(), "structure": _structure(model),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+    tensorfile.save(payload, path)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Classifier, dict]:
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    return payload.pop("model"), payload
+    payload = tensorfile.load(path, map_location, rerun="the stage that writes it (dvc repro)")
+    if not isinstance(payload, dict) or payload.get("format") != 2:
+        raise tensorfile.UnsafeFile(f"{path} is not a fairprune model file (format 2); delete it and rerun the "
+                                    f"stage that writes it (dvc repro)")
+    model = _rebuild(payload.pop("spec"), payload.pop("structure"), payload.pop("state_dict"))
+    payload.pop("format")
+    return model, payload

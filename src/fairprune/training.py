@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from fairprune import tensorfile
 from fairprune.config import MitigationParams, OptimParams
 from fairprune.device import autocast, to_device
 from fairprune.errors import TrainingDiverged
@@ -55,18 +56,23 @@ def stage_fingerprint(*parts, inputs: list[Path]) -> str:
 
 
 def read_checkpoint(path: Path | None, expected: str) -> dict | None:
-    """The checkpoint at `path` if it was written by a run with the same fingerprint."""
+    """The checkpoint at `path` if it was written by a run with the same fingerprint. A corrupted or
+    unreadable one (truncated by a full disk, or holding objects other than tensors) is set aside as
+    `<name>.bad` with a message, and the stage starts over instead of failing on every rerun."""
     if path is None or not Path(path).exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return state if state.get("fingerprint") == expected else None
+    try:
+        state = tensorfile.load(path, "cpu")
+    except (tensorfile.CorruptFile, tensorfile.UnsafeFile) as exc:
+        aside = Path(path).with_name(Path(path).name + ".bad")
+        os.replace(path, aside)
+        tqdm.write(f"warning: {exc}\nwarning: set it aside as {aside}; starting this stage from the beginning")
+        return None
+    return state if isinstance(state, dict) and state.get("fingerprint") == expected else None
 
 
 def _write_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    tensorfile.save(state, path)
 
 
 def make_optimizer(model: torch.nn.Module, opt: OptimParams):

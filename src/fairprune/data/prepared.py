@@ -1,17 +1,17 @@
 """Loading, splitting, checking and caching a dataset as tensors."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fairprune import tensorfile
 from fairprune.config import DataParams
 from fairprune.data.images import resize_batch
 from fairprune.data.raw import NO_SPLIT, SPLITS, RawDataset
-from fairprune.errors import ParamsError
+from fairprune.errors import DataError, ParamsError
 
 DEFAULT_SIZE = {"digits": 8, "mnist": 28, "cifar10": 32}
 
@@ -69,15 +69,15 @@ class PreparedData:
         }
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.__dict__, tmp)
-        os.replace(tmp, path)
+        tensorfile.save(self.__dict__, path)
 
 
 def load_prepared(path: str | Path) -> PreparedData:
-    return PreparedData(**torch.load(path, weights_only=False))
+    """The prepare stage's tensors (loaded as tensors and plain values only: nothing in it can run)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} is missing; run `dvc repro prepare` first")
+    return PreparedData(**tensorfile.load(path, rerun="`dvc repro prepare`"))
 
 
 def load_raw(params: DataParams) -> RawDataset:
@@ -96,7 +96,7 @@ def load_raw(params: DataParams) -> RawDataset:
         raw = torchvision_sets.load(params.dataset, params.root, params.download)
     else:
         from fairprune.data import manifest
-        raw = manifest.load(params.root, size)
+        raw = manifest.load(params.root, size, params.image_root)
     raw.images = resize_batch(raw.images, size)
     return raw
 
