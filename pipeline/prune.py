@@ -12,10 +12,12 @@ from fairprune.errors import ParamsError
 from fairprune.pruning import get_method, make_permanent
 from fairprune.pruning.cost import latency_ms, macs_per_image
 from fairprune.pruning.finetune import prune_and_finetune, size_of, start_checkpoint
-from fairprune.stage import run
+from fairprune.stage import fill_matrix_args, run
 
 
 def main(params, args, timer):
+    fill_matrix_args(args, "prune", {"method": params.prune.methods, "sparsity": params.prune.sparsities,
+                                     "seed": params.base.seeds})
     if not 0.0 <= args.sparsity < 1.0:
         raise ParamsError("prune.sparsities", args.sparsity, "a fraction in [0, 1)")
     name, arm = split_arm(args.method)
@@ -70,7 +72,8 @@ def main(params, args, timer):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--method", required=True)
-    parser.add_argument("--sparsity", type=float, required=True)
-    parser.add_argument("--seed", type=int, required=True)
+    # Under DVC these come from DVC_STAGE (see fairprune.stage); by hand, give all three.
+    parser.add_argument("--method")
+    parser.add_argument("--sparsity", type=float)
+    parser.add_argument("--seed", type=int)
     run(main, parser)

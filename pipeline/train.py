@@ -8,10 +8,11 @@ from fairprune import artifacts, models, tracking, training
 from fairprune.config import DENSE_VARIANTS
 from fairprune.data import load_prepared
 from fairprune.device import resolve, seed_everything
-from fairprune.stage import run
+from fairprune.stage import fill_matrix_args, run
 
 
 def main(params, args, timer):
+    fill_matrix_args(args, "train", {"seed": params.base.seeds, "variant": params.train.variants})
     device = resolve(params.base.device)
     data = load_prepared(artifacts.PREPARED)
     seed_everything(args.seed)
@@ -53,6 +54,7 @@ def main(params, args, timer):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--variant", choices=DENSE_VARIANTS, default="plain")
+    # Under DVC these come from DVC_STAGE (see fairprune.stage); by hand, give both.
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--variant", choices=DENSE_VARIANTS)
     run(main, parser)

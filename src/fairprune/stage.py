@@ -2,11 +2,17 @@
 
 A stage script is `run(main)` where `main(params, args) -> None`. A FairpruneError (bad
 params, bad data, divergence) prints one line naming the problem and the fix and exits 2.
+
+Matrix stages take their item (method, sparsity, seed...) from the stage name DVC exports as
+DVC_STAGE, never from the command line DVC builds: DVC pastes matrix values into a shell
+command unquoted, so a params value such as `magnitude$(touch X)` would run before any check.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
+import os
 import sys
 import time
 from typing import Callable
@@ -16,6 +22,34 @@ import torch
 from fairprune import config
 from fairprune.config import Params
 from fairprune.errors import FairpruneError
+
+
+def dvc_label(value) -> str:
+    """How DVC renders a matrix value in a stage name (0.5 -> '0.5', 3 -> '3')."""
+    return str(float(value)) if isinstance(value, float) else str(value)
+
+
+def matrix_item(family: str, axes: dict[str, list]) -> dict:
+    """The matrix item of the running DVC stage `<family>@<v1>-<v2>...`: each axis's value, found by
+    matching DVC_STAGE against every combination of the (validated) params values."""
+    name = os.environ.get("DVC_STAGE", "")
+    for combo in itertools.product(*axes.values()):
+        if name == f"{family}@" + "-".join(dvc_label(v) for v in combo):
+            return dict(zip(axes, combo))
+    if not name:
+        raise FairpruneError(f"no stage given: run this stage through `dvc repro {family}` or pass "
+                             f"{' '.join('--' + a + ' VALUE' for a in axes)}")
+    raise FairpruneError(f"the DVC stage '{name}' matches no combination of {', '.join(axes)} in params.yaml; "
+                         f"params.yaml changed while DVC ran: rerun `dvc repro`")
+
+
+def fill_matrix_args(args: argparse.Namespace, family: str, axes: dict[str, list]) -> None:
+    """Fill the matrix arguments the command line left out (always, under DVC) from DVC_STAGE."""
+    if all(getattr(args, a) is None for a in axes):
+        for key, value in matrix_item(family, axes).items():
+            setattr(args, key, value)
+    elif any(getattr(args, a) is None for a in axes):
+        raise FairpruneError(f"give all of {', '.join('--' + a for a in axes)} or none (under `dvc repro`)")
 
 
 class Timer:
