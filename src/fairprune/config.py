@@ -78,6 +78,7 @@ class ImbalanceParams(_Section):
 class DataParams(_Section):
     dataset: Literal["digits", "utkface", "celeba", "cifar10", "mnist", "manifest"] = "digits"
     root: str | None = None
+    image_root: str | None = None  # manifest only: the folder its image paths are relative to (and confined in); null: the CSV's
     target: str | None = None
     group: str | None = None
     image_size: int | None = Field(default=None, ge=4, le=512)

@@ -1,7 +1,10 @@
 """Bring-your-own data: a CSV with columns path,target,group and optionally split.
 
-Paths are relative to the CSV. target and group are free-form labels (strings or numbers);
-split, where given, is one of train/val/test for every row.
+Paths are relative to the CSV's folder (or to `data.image_root` when set) and must stay inside
+it: an absolute path, a `..` that climbs out or a symbolic link that points out is refused with
+its CSV line, so a manifest cannot make the pipeline read (and log) arbitrary files.
+target and group are free-form labels (strings or numbers); split, where given, is one of
+train/val/test for every row.
 """
 from __future__ import annotations
 
@@ -26,8 +29,20 @@ def _codes(values: list[str]) -> tuple[np.ndarray, list[str]]:
     return np.asarray([index[v] for v in values], dtype=np.int64), names
 
 
-def load(csv_path: str | Path, size: int) -> RawDataset:
+def confined(root: Path, relative: str, where: str) -> Path:
+    """`root / relative`, refused when it resolves (links followed) outside `root`."""
+    if not relative or Path(relative).is_absolute():
+        raise DataError(f"{where}: image path '{relative}' must be relative to {root} (absolute paths are refused)")
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise DataError(f"{where}: image path '{relative}' leads outside {root} (to {path}); keep every image "
+                        f"under the manifest's folder, or set data.image_root to a folder that holds them all")
+    return path
+
+
+def load(csv_path: str | Path, size: int, image_root: str | Path | None = None) -> RawDataset:
     csv_path = Path(csv_path)
+    root = Path(image_root if image_root is not None else csv_path.parent).resolve()
     if not csv_path.is_file():
         raise DataError(f"data.root = '{csv_path}' is not a file; point it at a CSV with columns path,target,group[,split]")
     with open(csv_path, newline="") as handle:
@@ -43,9 +58,9 @@ def load(csv_path: str | Path, size: int) -> RawDataset:
     has_split = "split" in columns
     images = []
     for line, row in enumerate(tqdm(rows, desc="manifest", unit="img", mininterval=2), start=2):
-        path = csv_path.parent / row["path"]
+        path = confined(root, row["path"], f"{csv_path}:{line}")
         if not path.is_file():
-            raise DataError(f"{csv_path}:{line}: image '{row['path']}' not found (paths are relative to the CSV)")
+            raise DataError(f"{csv_path}:{line}: image '{row['path']}' not found (paths are relative to {root})")
         if has_split and row["split"] not in SPLITS:
             raise DataError(f"{csv_path}:{line}: split '{row['split']}' is not one of {', '.join(SPLITS)}")
         try:
