@@ -26,7 +26,9 @@ def run_stage(stage, env: dict[str, str]) -> tuple[int, float, Path]:
     log = LOG_DIR / (stage.addressing.replace("/", "_").replace("@", "-") + ".log")
     began = time.perf_counter()
     with open(log, "w") as out:
-        code = subprocess.call(stage.cmd, shell=True, cwd=stage.wdir, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # as dvc repro does: matrix stages read their item from DVC_STAGE (fairprune.stage)
+        code = subprocess.call(stage.cmd, shell=True, cwd=stage.wdir, env={**env, "DVC_STAGE": stage.addressing},
+                               stdout=out, stderr=subprocess.STDOUT)
     return code, time.perf_counter() - began, log
 
 
