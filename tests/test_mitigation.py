@@ -82,7 +82,7 @@ def test_multipliers_are_logged_finite_and_resume_mid_mitigation(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         fit(linear(), data, opt, CPU, seed=0, mitigation=mitigation, checkpoint=ckpt, resume_key=key,
             after_epoch=interrupt_after_2)
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     assert state["epoch"] == 1 and "multipliers" in state["step"]["problem"]
     resumed = linear()
     steps = []

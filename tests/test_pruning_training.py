@@ -89,7 +89,7 @@ def test_training_learns_and_resumes_from_checkpoint(digits, tmp_path):
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(KeyboardInterrupt):
         fit(fresh_model(digits), digits, params, CPU, seed=0, checkpoint=ckpt, resume_key=key, log=stop_at_epoch_3)
-    assert torch.load(ckpt, weights_only=False)["epoch"] == 2
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
     resumed = fresh_model(digits)
     hist = fit(resumed, digits, params, CPU, seed=0, checkpoint=ckpt, resume_key=key)
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]

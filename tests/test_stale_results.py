@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import prepared_and_trained, python
 
-from fairprune import training
+from fairprune import models, training
 
 TINY = {"base": {"seeds": [0], "threads": 1}, "train": {"epochs": 2}, "finetune": {"epochs": 1},
         "tradeoff": {"sparsity": 0.5, "sweeps": {"magnitude": {"keys": ["finetune.lr"], "values": [0.01]}}}}
@@ -48,11 +48,11 @@ def test_a_tradeoff_point_is_recomputed_after_the_dense_model_changes(trained, t
     assert json.loads((work / "metrics" / "tradeoff.json").read_text())["points"] == first
 
     dense = work / "models" / "dense" / "s0" / "plain.pt"
-    payload = torch.load(dense, weights_only=False)
+    model, extra = models.load(dense)
     with torch.no_grad():
-        for p in payload["model"].parameters():
+        for p in model.parameters():
             p.mul_(0.5)  # to the stage, a retrained dense model: other weights at the same path
-    torch.save(payload, dense)
+    models.save(model, dense, **extra)
     python("tradeoff.py", work)
     second = json.loads((work / "metrics" / "tradeoff.json").read_text())["points"]
     assert len(second) == len(first) == 1
