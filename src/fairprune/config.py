@@ -221,6 +221,27 @@ class BifpParams(_Section):
     dual_split: Literal["train", "val"] = "train"
 
 
+class CeagParams(_Section):
+    """CEAG (Hashemizadeh et al. 2024): psi_a = (acc_a^dense - acc_a) - (acc^dense - acc) <= tolerance per group."""
+
+    tolerance: float = Field(default=0.01, ge=0.0)  # epsilon: allowed excess accuracy drop of a group
+    buffer: int = Field(default=40, ge=1)  # per-group replay buffer of the last samples' correctness (authors: 40)
+    dual_lr: float = Field(default=0.01, gt=0.0)  # multiplier step size (dual ascent on the buffered violations)
+    dual_optimizer: Literal["sgd", "adam"] = "sgd"
+    gmp_fraction: float = Field(default=0.25, gt=0.0, le=1.0)  # ceag_gmp: epochs of gradual pruning before the constraints
+    max_grad_norm: float | None = Field(default=None, gt=0.0)  # clip the primal (Lagrangian) gradient; null = off
+    log_every: int = Field(default=10, ge=1)  # steps between MLflow records of multipliers and violations
+
+
+class FairgrapeParams(_Section):
+    """FairGRAPE (Lin et al. 2022): per-group importance, greedy per-layer selection, iterative rounds."""
+
+    keep_per_round: float = Field(default=0.8, gt=0.0, lt=1.0)  # fraction of the remaining weights each round keeps
+    retrain_epochs: int = Field(default=1, ge=0)  # plain training between rounds
+    batch_size: int = Field(default=128, ge=1)  # single-group batches the importance is summed over
+    para_batch: int = Field(default=1, ge=1)  # weights a group adds before the choice is made again (1 = per weight)
+
+
 class PruneParams(_Section):
     methods: list[str] = Field(default=["magnitude"], min_length=1)
     sparsities: list[float] = Field(default=[0.5, 0.7, 0.8, 0.9, 0.95], min_length=1)
@@ -231,6 +252,8 @@ class PruneParams(_Section):
     synflow_rounds: int = Field(default=100, ge=1)
     imp_round_epochs: int = Field(default=2, ge=0)  # retraining epochs after each 20 % IMP round
     bifp: BifpParams = BifpParams()
+    ceag: CeagParams = CeagParams()
+    fairgrape: FairgrapeParams = FairgrapeParams()
 
     @field_validator("sparsities")
     @classmethod
@@ -253,7 +276,7 @@ class PruneParams(_Section):
                                   f"followed by +{' / +'.join(ARMS)}")
             if arm and arm not in ARMS:
                 raise ParamsError(f"prune.methods.{i}", value, f"a mitigation arm after '+': one of {', '.join(ARMS)}")
-            if arm in MITIGATED_FINETUNE_ARMS and getattr(get_method(method), "trains_mask", False):
+            if arm in MITIGATED_FINETUNE_ARMS and get_method(method).owns_finetuning:
                 raise ParamsError(f"prune.methods.{i}", value,
                                   f"'{method}' or '{method}+fair_bf': {method} fine-tunes under its own fairness "
                                   "objective, so a constrained fine-tuning arm would be ignored")
@@ -276,7 +299,8 @@ class ReportParams(_Section):
 
 TUNABLE_SECTIONS = ("finetune", "mitigation", "prune")  # what a trial may change without retraining the dense model
 FIXED_KEYS = ("prune.methods", "prune.sparsities")
-FAIR_PRUNING_METHODS = ("bifp_uns", "bifp_str", "bifp_lagrangian")  # methods fair by themselves, tunable without an arm
+# methods fair by themselves, tunable without an arm
+FAIR_PRUNING_METHODS = ("bifp_uns", "bifp_str", "bifp_lagrangian", "ceag", "ceag_gmp", "equal_loss_buffer", "fairgrape")
 
 
 class SearchRange(_Section):
@@ -380,8 +404,8 @@ class TradeoffParams(_Section):
 
         for method, sweep in sweeps.items():
             name, arm = split_arm(method)
-            trains_mask = name in available_methods() and getattr(get_method(name), "trains_mask", False)
-            if name not in available_methods() or arm not in ("", "fair_aft") or (arm and trains_mask):
+            owns = name in available_methods() and get_method(name).owns_finetuning
+            if name not in available_methods() or arm not in ("", "fair_aft") or (arm and owns):
                 raise ParamsError(f"tradeoff.sweeps.{method}", method, "a pruning method, or a non-BiFP one with "
                                   "+fair_aft: a sweep fine-tunes from the plain dense models (it cannot retrain the "
                                   "mitigated one) and BiFP brings its own fairness objective")

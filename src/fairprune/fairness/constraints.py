@@ -69,6 +69,15 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         self.eigenvectors: dict[int, list[torch.Tensor]] = {}
         self.step_count = 0
 
+    def extra_state(self) -> dict:
+        """What a checkpoint needs beyond the multipliers: the warm-started eigenvectors."""
+        return {"eigenvectors": {k: [t.cpu() for t in v] for k, v in self.eigenvectors.items()},
+                "step_count": self.step_count}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.eigenvectors = {k: [t.to(self.device) for t in v] for k, v in state["eigenvectors"].items()}
+        self.step_count = state["step_count"]
+
     def _violation(self, values: torch.Tensor, present: torch.Tensor) -> cooper.ConstraintState:
         if self.params.tolerance > 0:
             values = values.abs() - self.params.tolerance
@@ -167,11 +176,18 @@ def _length(v: list[torch.Tensor]) -> torch.Tensor:
 
 
 class ConstrainedStep:
-    """One training step of the constrained problem: dual ascent, then the primal step."""
+    """One training step of a constrained problem: dual ascent, then the primal step.
+
+    The problem is Tran et al.'s (GroupFairnessProblem) unless another is given (CEAG's); `params`
+    needs dual_lr, dual_optimizer, max_grad_norm and log_every, and `where` names their section in
+    messages."""
 
     def __init__(self, model: nn.Module, primal: torch.optim.Optimizer, num_groups: int,
-                 params: MitigationParams, device: torch.device, log: Callable[[dict, int], None] | None = None):
-        self.problem = GroupFairnessProblem(model, num_groups, params, device)
+                 params: MitigationParams, device: torch.device, log: Callable[[dict, int], None] | None = None,
+                 *, problem: cooper.ConstrainedMinimizationProblem | None = None, where: str = "mitigation",
+                 group_names: list[str] | None = None):
+        self.problem = problem if problem is not None else GroupFairnessProblem(model, num_groups, params, device)
+        self.where, self.group_names = where, group_names or [str(g) for g in range(num_groups)]
         dual_params = list(self.problem.dual_parameters())
         if params.dual_optimizer == "adam":
             dual = torch.optim.SparseAdam(dual_params, lr=params.dual_lr, maximize=True)
@@ -197,13 +213,13 @@ class ConstrainedStep:
         if loss is not None and not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"the training loss became {float(loss)} by step {self.step_index} of the constrained training; "
-                f"lower the learning rate, or mitigation.dual_lr (now {self.params.dual_lr})")
+                f"lower the learning rate, or {self.where}.dual_lr (now {self.params.dual_lr})")
         for name, values in self.multipliers().items():
             if not torch.isfinite(values).all():
                 raise TrainingDiverged(
                     f"the Lagrange multipliers of the '{name}' constraints diverged ({values.tolist()}) by step "
-                    f"{self.step_index}; lower mitigation.dual_lr (now {self.params.dual_lr}) or raise "
-                    f"mitigation.tolerance")
+                    f"{self.step_index}; lower {self.where}.dual_lr (now {self.params.dual_lr}) or raise "
+                    f"{self.where}.tolerance")
 
     def multipliers(self) -> dict[str, torch.Tensor]:
         return {name: m.weight.detach().flatten().cpu() for name, m in self.problem.named_multipliers()}
@@ -211,6 +227,8 @@ class ConstrainedStep:
     def snapshot(self, state: cooper.CMPState) -> dict[str, float]:
         """Multipliers, violations and per-group losses of one step, flat for MLflow."""
         record = {"mitigation/loss": float(state.loss.detach())}
+        if hasattr(self.problem, "log_record"):
+            return {**record, **self.problem.log_record(state, self.group_names)}
         for name, values in self.multipliers().items():
             record.update({f"multiplier/{name}/{g}": float(v) for g, v in enumerate(values)})
         for constraint, cstate in state.observed_constraints.items():
@@ -222,12 +240,10 @@ class ConstrainedStep:
 
     def state_dict(self) -> dict:
         return {"problem": self.problem.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "eigenvectors": {k: [t.cpu() for t in v] for k, v in self.problem.eigenvectors.items()},
-                "step_count": self.problem.step_count, "step_index": self.step_index}
+                "extra": self.problem.extra_state(), "step_index": self.step_index}
 
     def load_state_dict(self, state: dict) -> None:
         self.problem.load_state_dict(state["problem"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.problem.eigenvectors = {k: [t.to(self.problem.device) for t in v]
-                                     for k, v in state["eigenvectors"].items()}
-        self.problem.step_count, self.step_index = state["step_count"], state["step_index"]
+        self.problem.load_extra_state(state["extra"])
+        self.step_index = state["step_index"]

@@ -14,7 +14,7 @@ from fairprune.pruning.base import (
     prunable_weights,
     register,
 )
-from fairprune.pruning import bifp, iterative, structured, unstructured  # noqa: F401  (registers the methods)
+from fairprune.pruning import bifp, ceag, fairgrape, iterative, structured, unstructured  # noqa: F401  (registers the methods)
 
 __all__ = [
     "PruneContext", "PruningMethod", "available_methods", "get_method", "make_permanent",

@@ -41,6 +41,9 @@ class PruningMethod:
 
     name: str = ""
     structured: bool = False
+    # True for methods that fine-tune with their own step (BiFP, CEAG): they implement
+    # training_step(model, optimizer, device), and a +fair_aft arm would be ignored.
+    owns_finetuning: bool = False
 
     def check(self, sparsity: float) -> None:
         """Raise ParamsError when this method cannot reach `sparsity`."""

@@ -51,8 +51,8 @@ def size_of(model: nn.Module, structured: bool, dense_params: int, exclude_outpu
     return size
 
 
-def _mask_training(method, device: torch.device):
-    if not getattr(method, "trains_mask", False):
+def _own_step(method, device: torch.device):
+    if not method.owns_finetuning:
         return None
     return lambda model, optimizer: method.training_step(model, optimizer, device)
 
@@ -90,7 +90,7 @@ def prune_and_finetune(params: Params, method_spec: str, sparsity: float, seed: 
     history = training.fit(model, data, params.finetune, device, seed=seed, checkpoint=checkpoint,
                            resume_key=resume_key, log=log, desc=f"finetune {key_name}", extra_state=extra_state,
                            before_epoch=lambda e: method.before_finetune_epoch(model, e, params.finetune.epochs),
-                           mitigation=mitigation, step_factory=_mask_training(method, device))
+                           mitigation=mitigation, step_factory=_own_step(method, device))
     model = method.finish(model)
     return PrunedRun(model=model, history=history, start=start, method=method, arm=arm,
                      dense_params=dense_params, at_pruning=at_pruning, dense_extra=dense_extra)

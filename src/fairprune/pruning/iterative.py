@@ -57,9 +57,11 @@ class IterativeMagnitude(PruningMethod):
 @register
 class GradualMagnitude(PruningMethod):
     """GMP (Zhu & Gupta 2017): during fine-tuning, global magnitude masks grow on the cubic schedule
-    s_t = s_f (1 - (1 - t/T)^3), t counting epochs; the last epoch trains at the target sparsity."""
+    s_t = s_f (1 - (1 - t/T)^3), t counting epochs and T = ceil(fraction * epochs); from epoch T on
+    (with fraction 1: the last epoch) it trains at the target sparsity."""
 
     name = "gmp"
+    fraction = 1.0  # of the fine-tuning epochs over which the sparsity grows (CEAG's protocol: 0.25)
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> nn.Module:
         self.final, self.exclude_output_layer = sparsity, ctx.exclude_output_layer
@@ -70,7 +72,8 @@ class GradualMagnitude(PruningMethod):
         return model
 
     def schedule(self, epoch: int, total_epochs: int) -> float:
-        return self.final * (1 - (1 - (epoch + 1) / total_epochs) ** 3)
+        pruning = max(1, math.ceil(self.fraction * total_epochs))
+        return self.final * (1 - (1 - min(epoch + 1, pruning) / pruning) ** 3)
 
     def before_finetune_epoch(self, model: nn.Module, epoch: int, total_epochs: int) -> None:
         self._set_masks(model, self.schedule(epoch, total_epochs))

@@ -1,0 +1,142 @@
+"""FairGRAPE (Lin et al., ECCV 2022): keep, in every layer, the weights whose importance is shared
+among the groups as it was before pruning (docs/methods.md; settings in `prune.fairgrape`).
+
+Per round, on the training split:
+1. per-group importance I_k(w) = sum_b (w * dL_{k,b}/dw)^2 over batches b holding only group k's
+   samples (gradients taken fresh for every batch, so nothing accumulates across groups or
+   batches; BatchNorm in eval mode, so scoring does not move its statistics). One forward and
+   backward per training sample: the cost of one epoch.
+2. per layer, group k's target share p*_k = sum_w I_k(w) / sum_j sum_w I_j(w) over the weights
+   still kept; then greedily keep the next most important weight (by I_k) of the group whose
+   share of the kept importance is furthest below its target, until the layer keeps its quota
+   (the same fraction in every layer). The greedy is exact but runs in chunks: while one group
+   stays the furthest below target, its next candidates are taken together, and cumulative sums
+   find where the choice switches (`greedy_keep`). No per-weight Python loop.
+3. rounds keep `keep_per_round` of the remaining weights (the last stops at the target), with
+   `retrain_epochs` of plain training between rounds; the stage's fine-tuning follows the last.
+The public code's bugs (no zero_grad between groups, an optimizer step while scoring, the
+normalisation applied to one group only, the per-weight Python loop) are not reproduced.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from fairprune.config import FairgrapeParams
+from fairprune.pruning.base import PruneContext, PruningMethod, prunable_weights, register
+
+
+def group_importance(model: nn.Module, targets, data, device: torch.device, batch_size: int) -> list[torch.Tensor]:
+    """Per target weight, a (G, *weight.shape) tensor of each group's importance sum_b (w * dL_b/dw)^2."""
+    images, labels, groups = data.subset("train")
+    importance = [torch.zeros(data.num_groups, *getattr(m, n).shape, device=device) for m, n in targets]
+    was_training = model.training
+    model.eval()
+    for k in range(data.num_groups):
+        idx = torch.nonzero(groups == k).flatten()
+        for start in range(0, len(idx), batch_size):
+            part = idx[start:start + batch_size]
+            x = images[part].to(device).float().div_(255.0)
+            loss = F.cross_entropy(model(x).float(), labels[part].to(device))
+            weights = [getattr(m, n) for m, n in targets]  # the pruning hooks' mask * weight of this forward
+            for acc, w, g in zip(importance, weights, torch.autograd.grad(loss, weights)):
+                acc[k] += (w.detach() * g).square()
+    model.train(was_training)
+    return importance
+
+
+def greedy_keep(importance: np.ndarray, candidates: np.ndarray, keep: int, para_batch: int = 1) -> np.ndarray:
+    """FairGRAPE's greedy selection in one layer: a boolean mask over the layer's weights keeping
+    `keep` of the `candidates` (the weights still kept).
+
+    importance: (G, n) per-group importance of every weight. Starting from equal shares, repeat:
+    the group k whose share of the selected importance (sum over selected weights of I_j, for each
+    j, normalised) is furthest below its target takes its next most important unselected weight;
+    every `para_batch` selections the choice is made again. Ties go to the lower group index and,
+    within a group, to the lower weight index."""
+    imp = importance[:, candidates].astype(np.float64)
+    groups, n = imp.shape
+    keep = min(keep, n)
+    totals = imp.sum(1)
+    target = totals / totals.sum() if totals.sum() > 0 else np.full(groups, 1.0 / groups)
+    orders = [np.argsort(-imp[k], kind="stable") for k in range(groups)]
+    pointer = np.zeros(groups, dtype=np.int64)
+    chosen = np.zeros(n, dtype=bool)
+    sums, shares = np.zeros(groups), np.full(groups, 1.0 / groups)
+    count, chunk = 0, 64
+    while count < keep:
+        k = int(np.argmin(shares - target))
+        positions = np.arange(pointer[k], min(pointer[k] + chunk, n))
+        positions = positions[~chosen[orders[k][positions]]]
+        if not len(positions):  # this stretch of k's list is all selected already
+            pointer[k] = min(pointer[k] + chunk, n)
+            continue
+        picks = orders[k][positions]
+        cumulative = sums[:, None] + np.cumsum(imp[:, picks], axis=1)  # (G, m): after 1..m selections
+        total = cumulative.sum(0)
+        after = np.where(total > 0, cumulative / np.where(total > 0, total, 1), 1.0 / groups)
+        switches = np.argmin(after - target[:, None], axis=0) != k
+        decision = (np.arange(1, len(picks) + 1) % para_batch) == 0  # where the choice is made again
+        stops = np.nonzero(switches & decision)[0]
+        taken = min(int(stops[0]) + 1 if len(stops) else len(picks), keep - count)
+        chosen[picks[:taken]] = True
+        sums, shares = cumulative[:, taken - 1], after[:, taken - 1]
+        pointer[k] = positions[taken - 1] + 1
+        count += taken
+        chunk = chunk * 2 if taken == len(picks) else max(64, chunk // 2)
+    mask = np.zeros(importance.shape[1], dtype=bool)
+    mask[candidates[chosen]] = True
+    return mask
+
+
+@register
+class FairGrape(PruningMethod):
+    """FairGRAPE: per-group importance, greedy per-layer selection that keeps every group's share of
+    the importance, in rounds with short retraining between them."""
+
+    name = "fairgrape"
+
+    @staticmethod
+    def densities(sparsity: float, keep_per_round: float) -> list[float]:
+        """The fraction of weights kept after each round, the last one exactly 1 - sparsity."""
+        rounds = max(1, math.ceil(math.log(1 - sparsity) / math.log(keep_per_round) - 1e-9))
+        return [max(1 - sparsity, keep_per_round ** r) for r in range(1, rounds + 1)]
+
+    def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> nn.Module:
+        settings = FairgrapeParams(**ctx.options.get("fairgrape", {}))
+        targets = prunable_weights(model, ctx.exclude_output_layer)
+        if sparsity <= 0:
+            return model
+        for module, name in targets:
+            torch_prune.identity(module, name)
+        densities = self.densities(sparsity, settings.keep_per_round)
+        self.round_seconds = []
+        for r, density in enumerate(densities, start=1):
+            began = time.perf_counter()
+            importance = group_importance(model, targets, ctx.data, ctx.device, settings.batch_size)
+            shares = []
+            for (module, name), imp in zip(targets, importance):
+                current = getattr(module, f"{name}_mask")
+                flat = imp.flatten(1).cpu().numpy()
+                candidates = np.nonzero(current.flatten().cpu().numpy())[0]
+                keep = int(round(density * current.numel()))
+                mask = greedy_keep(flat, candidates, keep, settings.para_batch)
+                with torch.no_grad():
+                    current.copy_(torch.from_numpy(mask).view_as(current).to(current))
+                kept = flat[:, mask].sum(1)
+                shares.append(kept / max(kept.sum(), 1e-30))
+            self.round_seconds.append(time.perf_counter() - began)
+            if ctx.log:
+                ctx.log({"fairgrape/round": r, "fairgrape/density": density,
+                         "fairgrape/round_s": self.round_seconds[-1],
+                         **{f"fairgrape/importance_share/{g}": float(np.mean([s[i] for s in shares]))
+                            for i, g in enumerate(getattr(ctx.data, "group_names", range(ctx.data.num_groups)))}}, r)
+            if r < len(densities) and settings.retrain_epochs and ctx.retrain is not None:
+                ctx.retrain(model, settings.retrain_epochs, f"fairgrape round {r}/{len(densities)}")
+        return model
