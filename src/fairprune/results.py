@@ -30,7 +30,7 @@ RESULTS = Path("results")
 BASELINE = "magnitude"
 
 
-def collect(name: str, project: Path, configs: list[str]) -> Path:
+def collect(name: str, project: Path, configs: list[str], commit: str | None = None) -> Path:
     out = RESULTS / name
     if out.exists():
         shutil.rmtree(out)
@@ -45,7 +45,8 @@ def collect(name: str, project: Path, configs: list[str]) -> Path:
     manifest = {
         "name": name, "configs": configs,
         "params": (project / "params.yaml").read_text(),
-        "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "git_commit": commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                               text=True).stdout.strip(),
         "data_sha256": hashlib.sha256(prepared.read_bytes()).hexdigest() if prepared.exists() else None,
         "data_stats": json.loads((project / "data" / "stats.json").read_text()).get("n_per_split"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("name")
     c.add_argument("--project", default=".", type=Path)
     c.add_argument("--config", action="append", default=[], help="the named configurations it applied")
+    c.add_argument("--commit", help="the fairprune commit the run's code came from (default: this checkout's HEAD)")
     t = sub.add_parser("table", help="print the tables the docs quote")
     t.add_argument("name")
     args = parser.parse_args(argv)
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.project / "metrics" / "eval").is_dir():
             print(f"error: {args.project}/metrics/eval is missing; run `dvc repro evaluate` there first", file=sys.stderr)
             return 2
-        print(f"collected into {collect(args.name, args.project, args.config)}")
+        print(f"collected into {collect(args.name, args.project, args.config, args.commit)}")
         return 0
     if not (RESULTS / args.name / "eval").is_dir():
         print(f"error: results/{args.name} has no eval/ folder; collect a run first", file=sys.stderr)
