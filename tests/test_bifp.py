@@ -3,6 +3,7 @@ the score gradient (with the implicit-gradient term) against finite differences.
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -303,3 +304,17 @@ def check_structured_export(arch, device):
         assert torch.allclose(exported(x), masked, atol=1e-5 if device.type == "cpu" else 1e-3)
     assert not any(hasattr(m, "weight_orig") for m in exported.modules())
     assert 1 - count_params(exported) / dense == pytest.approx(0.6, abs=0.02)
+
+
+def test_collapse_guard_stops_when_a_class_is_no_longer_predicted():
+    from fairprune.errors import TrainingCollapsed
+
+    method = get_method("bifp_uns")
+    method.bifp = BifpParams()
+    collapsed = SimpleNamespace(y_true=np.array([0, 1, 2, 2]), y_pred=np.array([0, 1, 1, 1]), num_classes=3)
+    with pytest.raises(TrainingCollapsed, match=r"class\(es\) \[2\].*surrogate: sigmoid"):
+        method.check_epoch(collapsed, 1)
+    healthy = SimpleNamespace(y_true=np.array([0, 1, 2, 2]), y_pred=np.array([0, 1, 2, 1]), num_classes=3)
+    method.check_epoch(healthy, 1)
+    method.bifp = BifpParams(collapse_check=False)
+    method.check_epoch(collapsed, 1)

@@ -219,6 +219,8 @@ class BifpParams(_Section):
     # bifp_lagrangian: the split whose batches measure the violations the multipliers ascend on.
     # val: held-out data (Cotter et al. 2019), since fitted training data shows no violation
     dual_split: Literal["train", "val"] = "train"
+    # stop with a message when a class with validation samples is no longer predicted after an epoch
+    collapse_check: bool = True
 
 
 class CeagParams(_Section):

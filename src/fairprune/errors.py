@@ -20,3 +20,7 @@ class DataError(FairpruneError):
 
 class TrainingDiverged(FairpruneError):
     """The loss became NaN or infinite."""
+
+
+class TrainingCollapsed(FairpruneError):
+    """The model stopped predicting a class it should (a fairness term pushed every sample one way)."""

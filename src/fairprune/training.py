@@ -142,7 +142,8 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
         before_epoch: Callable[[int], None] | None = None,
         after_epoch: Callable[[int], None] | None = None,
         mitigation: MitigationParams | None = None,
-        step_factory: Callable[[torch.nn.Module, torch.optim.Optimizer], object] | None = None) -> list[dict]:
+        step_factory: Callable[[torch.nn.Module, torch.optim.Optimizer], object] | None = None,
+        check_epoch: Callable[[object, int], None] | None = None) -> list[dict]:
     """Train `model` for opt.epochs on the train split, validating per group after each epoch.
 
     Returns the per-epoch history. With a checkpoint path, state is saved after every epoch
@@ -150,7 +151,8 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
     `before_epoch(i)` runs before epoch i (0-based; gradual pruning updates masks there) and
     `after_epoch(n)` after n epochs, before the checkpoint (so what it stores in
     `extra_state` is checkpointed). `step_factory(model, optimizer)` replaces the training step
-    (methods such as BiFP that train their mask along with the weights).
+    (methods such as BiFP that train their mask along with the weights). `check_epoch(val_predictions,
+    n)` sees the validation predictions after n epochs and may stop the run (BiFP's collapse guard).
     """
     model.to(device)
     optimizer, scheduler = make_optimizer(model, opt)
@@ -183,7 +185,10 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
         train_loss, train_acc = _train_epoch(model, images, targets, groups, opt, step, device, generator, epoch, desc)
         train_s = time.perf_counter() - began + (history[-1].get("train_s", 0.0) if history else 0.0)
         scheduler.step()
-        val = evaluate_split(model, data, "val", 1024, device).stats()
+        val_predictions = evaluate_split(model, data, "val", 1024, device)
+        if check_epoch:
+            check_epoch(val_predictions, epoch + 1)
+        val = val_predictions.stats()
         record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                   "val_loss": val.overall_loss, "val_acc": val.overall_accuracy,
                   "lr": optimizer.param_groups[0]["lr"], "steps": (epoch + 1) * steps_per_epoch, "train_s": train_s}

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 
 import cooper
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
@@ -39,6 +40,7 @@ from torch.nn.utils import prune as torch_prune
 
 from fairprune.config import BifpParams
 from fairprune.device import autocast
+from fairprune.errors import TrainingCollapsed
 from fairprune.fairness.surrogate import parity_penalty, surrogate_errors
 from fairprune.pruning.base import (GlobalTopMasks, PruneContext, PruningMethod, make_permanent, prunable_weights,
                                     register)
@@ -133,6 +135,22 @@ class BifpUnstructured(PruningMethod):
     def before_finetune_epoch(self, model: nn.Module, epoch: int, total_epochs: int) -> None:
         if getattr(self, "step", None) is not None:
             self.step.mask_fixed = epoch >= total_epochs - self.bifp.mask_freeze_epochs
+
+    def check_epoch(self, predictions, epoch: int) -> None:
+        """Stop when a class with validation samples is no longer predicted at all: the fairness term has
+        pushed every sample of some group to one class (seen with the logistic surrogate on two face sets)."""
+        if not self.bifp.collapse_check:
+            return
+        present = np.bincount(predictions.y_true, minlength=predictions.num_classes) > 0
+        predicted = np.bincount(predictions.y_pred, minlength=predictions.num_classes) > 0
+        vanished = np.nonzero(present & ~predicted)[0].tolist()
+        if vanished:
+            raise TrainingCollapsed(
+                f"{self.name}: after fine-tuning epoch {epoch} the model predicts no validation sample as class(es) "
+                f"{vanished} although the validation split holds them: the fairness term collapsed the model "
+                f"(surrogate '{self.bifp.surrogate}', lambda_w {self.bifp.lambda_w}, lambda_m {self.bifp.lambda_m}). "
+                f"Use prune.bifp.surrogate: sigmoid (bounded), lower the lambdas, or set "
+                f"prune.bifp.collapse_check: false to keep the collapsed model")
 
 
 @register

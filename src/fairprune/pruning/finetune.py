@@ -90,7 +90,8 @@ def prune_and_finetune(params: Params, method_spec: str, sparsity: float, seed: 
     history = training.fit(model, data, params.finetune, device, seed=seed, checkpoint=checkpoint,
                            resume_key=resume_key, log=log, desc=f"finetune {key_name}", extra_state=extra_state,
                            before_epoch=lambda e: method.before_finetune_epoch(model, e, params.finetune.epochs),
-                           mitigation=mitigation, step_factory=_own_step(method, device))
+                           mitigation=mitigation, step_factory=_own_step(method, device),
+                           check_epoch=getattr(method, "check_epoch", None))
     model = method.finish(model)
     return PrunedRun(model=model, history=history, start=start, method=method, arm=arm,
                      dense_params=dense_params, at_pruning=at_pruning, dense_extra=dense_extra)
