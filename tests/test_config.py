@@ -59,9 +59,9 @@ def test_group_attribute_must_exist():
 
 
 def test_full_mitigation_refuses_batchnorm_models():
-    err = error_for({"model": {"arch": "resnet18"}, "train": {"variants": ["plain", "full"]}})
+    err = error_for({"model": {"arch": "resnet18"}, "train": {"variants": ["plain", "full_literal"]}})
     assert err.key == "model.arch" and "small_cnn" in err.allowed and "relaxed" in err.allowed
-    err = error_for({"model": {"arch": "resnet18"}, "mitigation": {"variant": "full"},
+    err = error_for({"model": {"arch": "resnet18"}, "mitigation": {"variant": "full_literal"},
                      "prune": {"methods": ["magnitude+fair_aft"]}})
     assert err.key == "model.arch"
     config.validate({"model": {"arch": "resnet18"}, "train": {"variants": ["plain", "relaxed"]},

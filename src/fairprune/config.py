@@ -141,7 +141,7 @@ class OptimParams(_Section):
     hflip: bool = False
 
 
-DENSE_VARIANTS = ("plain", "relaxed", "full")
+DENSE_VARIANTS = ("plain", "relaxed", "full", "full_literal")
 # Tran et al.'s arms, appended to a pruning method as `<method>+<arm>`; the bare name is "No mitigation".
 ARMS = ("fair_bf", "fair_aft", "fair_both")
 MITIGATED_DENSE_ARMS = ("fair_bf", "fair_both")  # prune the mitigated dense model
@@ -157,7 +157,7 @@ def split_arm(method: str) -> tuple[str, str]:
 class TrainParams(OptimParams):
     rewind_epoch: int = Field(default=1, ge=0)  # the early iterate Lottery-Ticket IMP rewinds to (0 = init)
     # Dense models to train per seed: plain ERM, or constrained with the relaxed / full mitigation.
-    variants: list[Literal["plain", "relaxed", "full"]] = Field(default=["plain"], min_length=1)
+    variants: list[Literal["plain", "relaxed", "full", "full_literal"]] = Field(default=["plain"], min_length=1)
 
     @field_validator("variants")
     @classmethod
@@ -170,19 +170,24 @@ class TrainParams(OptimParams):
 class MitigationParams(_Section):
     """Tran et al.'s constrained training (Eq. 8 relaxed, Eq. 7 full), solved with cooper."""
 
-    variant: Literal["relaxed", "full"] = "relaxed"
+    # relaxed: equal group losses (Eq. 8); full: also equal per-sample gradient norms and distances to
+    # the decision boundary, each group's mean against the population's (feasible; docs/methods.md);
+    # full_literal: Eq. 7 as written (group gradient norms and Hessian eigenvalues; infeasible)
+    variant: Literal["relaxed", "full", "full_literal"] = "relaxed"
     dual_lr: float = Field(default=1e-3, gt=0.0)  # the paper's Lagrangian step size
     dual_optimizer: Literal["sgd", "adam"] = "sgd"
     tolerance: float = Field(default=0.0, ge=0.0)  # 0: equality constraints; > 0: |violation| <= tolerance
-    grad_norm_every: int = Field(default=1, ge=1)  # full only: steps between gradient-norm constraints
-    hessian_every: int = Field(default=10, ge=1)  # full only: steps between Hessian-eigenvalue constraints
+    grad_norm_every: int = Field(default=1, ge=1)  # full_literal only: steps between gradient-norm constraints
+    hessian_every: int = Field(default=10, ge=1)  # full_literal only: steps between Hessian-eigenvalue constraints
     hessian_iterations: int = Field(default=3, ge=1)  # warm-started power steps per refresh
-    # full only: what each group's gradient norm and Hessian eigenvalue must equal. population: the
+    # full_literal only: what each group's gradient norm and Hessian eigenvalue must equal. population: the
     # population's (Eq. 7 as written; jointly infeasible wherever group gradients disagree);
     # group_mean: the size-weighted mean of the groups' values (feasible, like the loss constraint)
     reference: Literal["population", "group_mean"] = "population"
     max_grad_norm: float | None = Field(default=None, gt=0.0)  # clip the primal gradient (the Lagrangian's); null = off
     log_every: int = Field(default=10, ge=1)  # steps between MLflow records of multipliers and violations
+    # full: allowed |relative gap| of a group's mean per-sample gradient norm / boundary closeness
+    full_tolerance: float = Field(default=0.05, ge=0.0)
 
 
 class DiagnoseParams(_Section):
@@ -442,12 +447,13 @@ class Params(_Section):
                               f"is what every trial starts from)")
         _check_search_values(self)
         fair_arms = [split_arm(m)[1] for m in [*self.prune.methods, self.tune.method]]
-        uses_full = "full" in self.train.variants or (self.mitigation.variant == "full" and any(fair_arms))
+        uses_full = "full_literal" in self.train.variants or (self.mitigation.variant == "full_literal"
+                                                               and any(fair_arms))
         if uses_full and self.model.arch in BATCHNORM_ARCHS:
             raise ParamsError("model.arch", self.model.arch,
-                              "a model without BatchNorm (small_cnn) for the full mitigation: its Hessian-eigenvalue "
+                              "a model without BatchNorm (small_cnn) for the full_literal mitigation: its Hessian-eigenvalue "
                               "constraints need third-order derivatives, which PyTorch's BatchNorm does not have; "
-                              "or keep this model and use the relaxed variant (train.variants, mitigation.variant)")
+                              "or keep this model and use the relaxed or full variant (train.variants, mitigation.variant)")
         if split_arm(self.tune.method)[1] in MITIGATED_DENSE_ARMS and self.mitigation.variant not in self.train.variants:
             raise ParamsError("train.variants", self.train.variants,
                               f"a list including '{self.mitigation.variant}': tune.method {self.tune.method} "

@@ -1,38 +1,41 @@
 """Tran et al.'s mitigation (METHODS.md section 3): constrained ERM solved by Lagrangian duality.
 
-relaxed (Eq. 8):  min J(theta; D)  s.t.  J(theta; D_a) - J(theta; D) = 0             for every group a
-full (Eq. 7):     additionally         ||g_a|| - ||g|| = 0,  lambda(H_a) - lambda(H) = 0
+relaxed (Eq. 8):   min J(theta; D)  s.t.  J(theta; D_a) - J(theta; D) = 0                      for every group a
+full (feasible):   additionally  (G_a - G) / G and (B_a - B) / B within +-full_tolerance
+full_literal (Eq. 7 as written): additionally ||g_a|| - ||g|| = 0 and lambda(H_a) - lambda(H) = 0
+
+`full` is the paper's stated intent made feasible. Tran et al. explain the disparity by two
+per-group quantities, the gradient norm and the Hessian (whose top eigenvalue grows with how close
+the group's samples are to the decision boundary). `full` equalises per-sample versions of both:
+G_a is the group's mean per-sample gradient norm and B_a its mean closeness to the boundary
+1 - (p_top - p_second), each against the population mean G = sum_a (n_a / n) G_a (so the size-
+weighted mean of the violations is 0: feasible by linearity, as the loss constraint), normalised by
+the population value so that one tolerance fits both. The per-sample gradient is taken with respect
+to the classifier layer (torch.func: vmap of grad over the samples), which is exactly
+||p - e_y|| * ||(h, 1)|| -- the ||f(x) - y|| factor of Tran et al.'s Theorem 2 times the feature
+norm; the whole network's per-sample gradients would cost batch x parameters memory. No double
+backward through the network, so a step costs about a plain step plus a small vmap.
+
+`full_literal` (Eq. 7 read literally) is infeasible wherever the groups' gradients disagree. The
+population gradient is g = sum_a w_a g_a (w_a = n_a / n), so by the triangle inequality
+||g|| <= sum_a w_a ||g_a||: the size-weighted mean of the violations ||g_a|| - ||g|| is never
+negative, and all of them can be 0 only where every g_a is the same vector. The top eigenvalue is
+convex in the matrix, so lambda(H) <= sum_a w_a lambda(H_a) likewise. At initialisation every digit
+class was 1.45-1.71 above; the multipliers grow without end and the primal step seeks flat regions
+(a model that predicts one class). It is kept, with `reference: group_mean` as its feasible form,
+for the record:
+- per-group gradients g_a from the batch split by group, kept differentiable (create_graph); the
+  population gradient is their size-weighted sum; the gradient of ||g_a|| - ||g|| a double backward;
+- models with BatchNorm are refused (a group's gradient would depend on the other groups' samples,
+  and PyTorch has no third-order derivative for it);
+- lambda(H_a) is the Rayleigh quotient v_a^T H_a v_a at a warm-started power-iteration vector (the
+  largest algebraic eigenvalue); by Danskin's theorem its gradient is v^T (dH_a) v, a third-order
+  backward, refreshed every `hessian_every` steps (`grad_norm_every` likewise).
 
 Every constraint family has one Lagrange multiplier per group (cooper's IndexedMultiplier, so a
 mini-batch that misses a group leaves that group's multiplier untouched), updated by dual ascent
-before each primal step (cooper's AlternatingDualPrimalOptimizer).
-
-How the full version is computed (exact autograd; METHODS.md section 3):
-- Per-group gradients g_a come from one pass over the batch split by group, kept differentiable
-  (create_graph): the cost of one batch. The population gradient is their size-weighted sum,
-  g = sum_a (n_a / n) g_a, so it needs no pass of its own. The gradient of ||g_a|| - ||g|| is
-  then a double backward.
-- Models with BatchNorm are refused: it couples the samples of a batch (a group's gradient would
-  depend on the other groups' samples) and PyTorch has no third-order derivative for it.
-- lambda(H_a) is the Rayleigh quotient v_a^T H_a v_a at a warm-started power-iteration vector v_a
-  (Hessian-vector products by double backward). By Danskin's theorem its gradient is v^T (dH_a) v,
-  a third-order backward through the quotient. These terms are refreshed every `hessian_every`
-  steps; in between the Hessian constraints are not observed (their multipliers keep their
-  values). `grad_norm_every` does the same for the gradient-norm constraints (1 = every step,
-  as in the paper).
-An earlier version replaced these derivatives by finite differences of first-order gradients;
-on ReLU networks the estimates were unusable (cosine 0.4 with the true Hessian-vector product)
-and the full mitigation collapsed, so the exact derivatives are back.
-A positive `tolerance` turns each equality into |violation| <= tolerance.
-
-Eq. 7 as written is infeasible wherever the groups' gradients disagree. The population gradient is
-g = sum_a w_a g_a (w_a = n_a / n), so by the triangle inequality ||g|| <= sum_a w_a ||g_a||: the
-size-weighted mean of the violations ||g_a|| - ||g|| is never negative, and all of them can be 0
-only where every g_a is the same vector. The top eigenvalue is convex in the matrix, so
-lambda(H) <= sum_a w_a lambda(H_a) likewise. The multipliers then grow without end and the primal
-step seeks flat regions (on the digits: a model that predicts one class). `reference: group_mean`
-compares each group with sum_a w_a ||g_a|| and sum_a w_a lambda(H_a) instead; those violations
-have weighted mean 0, as the loss constraint's always do (J = sum_a w_a J_a).
+before each primal step (cooper's AlternatingDualPrimalOptimizer). A positive `tolerance` turns
+the loss equality into |violation| <= tolerance.
 """
 from __future__ import annotations
 
@@ -49,7 +52,8 @@ from fairprune.errors import TrainingDiverged
 from fairprune.fairness.surrogate import group_counts, group_means
 from fairprune.fairness.vectors import combine, norm, top_eigenpair
 
-CONSTRAINTS = {"relaxed": ("loss",), "full": ("loss", "grad_norm", "hessian")}
+CONSTRAINTS = {"relaxed": ("loss",), "full": ("loss", "sample_grad_norm", "boundary"),
+               "full_literal": ("loss", "grad_norm", "hessian")}
 
 
 class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
@@ -62,8 +66,9 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         if "hessian" in self.kinds and _has_batchnorm(model):
             raise ValueError("the full mitigation needs a model without BatchNorm (third-order derivatives); "
                              "use the relaxed variant with this model")
-        kind = cooper.ConstraintType.INEQUALITY if params.tolerance > 0 else cooper.ConstraintType.EQUALITY
         for name in self.kinds:
+            inequality = (params.tolerance if name == "loss" else self._tolerance(name)) > 0
+            kind = cooper.ConstraintType.INEQUALITY if inequality else cooper.ConstraintType.EQUALITY
             multiplier = cooper.multipliers.IndexedMultiplier(num_constraints=num_groups, device=device)
             setattr(self, name, cooper.Constraint(constraint_type=kind, multiplier=multiplier))
         self.eigenvectors: dict[int, list[torch.Tensor]] = {}
@@ -78,9 +83,13 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         self.eigenvectors = {k: [t.to(self.device) for t in v] for k, v in state["eigenvectors"].items()}
         self.step_count = state["step_count"]
 
-    def _violation(self, values: torch.Tensor, present: torch.Tensor) -> cooper.ConstraintState:
-        if self.params.tolerance > 0:
-            values = values.abs() - self.params.tolerance
+    def _tolerance(self, name: str) -> float:
+        return self.params.full_tolerance if name in ("sample_grad_norm", "boundary") else self.params.tolerance
+
+    def _violation(self, values: torch.Tensor, present: torch.Tensor, name: str = "loss") -> cooper.ConstraintState:
+        tolerance = self._tolerance(name)
+        if tolerance > 0:
+            values = values.abs() - tolerance
         return cooper.ConstraintState(violation=values, constraint_features=present)
 
     def _due(self, every: int) -> bool:
@@ -89,13 +98,28 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
     def compute_cmp_state(self, x: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> cooper.CMPState:
         counts = group_counts(groups, self.num_groups, torch.long)
         present = torch.nonzero(counts).flatten()
+        features = {}
+        handle = None
+        if "sample_grad_norm" in self.kinds:
+            handle = _output_layer(self.model).register_forward_hook(lambda m, i, o: features.update(h=i[0]))
         with autocast(self.device):
             logits = self.model(x)
+        if handle is not None:
+            handle.remove()
         per_sample = F.cross_entropy(_full_precision(logits), y, reduction="none")
         loss = per_sample.mean()
         group_loss, _ = group_means(per_sample, groups, self.num_groups)
         observed = {self.loss: self._violation(group_loss[present] - loss, present)}
         misc = {"present": present, "logits": logits.detach(), "group_loss": group_loss.detach()}
+        if "sample_grad_norm" in self.kinds:
+            norms = _classifier_gradient_norms(_output_layer(self.model), features["h"], y)
+            closeness = _boundary_closeness(_full_precision(logits))
+            for name, values in (("sample_grad_norm", norms), ("boundary", closeness)):
+                means, _ = group_means(values, groups, self.num_groups)
+                population = values.mean()
+                relative = (means[present] - population) / population.detach().clamp(min=1e-8)
+                observed[getattr(self, name)] = self._violation(relative, present, name)
+                misc[name] = means.detach().cpu()
         if "grad_norm" in self.kinds:
             observed.update(self._second_order_constraints(x, y, groups, counts, present, misc))
         self.step_count += 1
@@ -113,7 +137,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         if norms_due:
             norms = torch.stack([_length(g) for g in grads])
             reference = _length(population) if population is not None else (weights.to(norms.dtype) * norms).sum()
-            observed[self.grad_norm] = self._violation(norms - reference, present)
+            observed[self.grad_norm] = self._violation(norms - reference, present, "grad_norm")
             misc["grad_norm"] = norms.detach().cpu()
         if hessian_due:
             if population is not None:
@@ -122,7 +146,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             else:
                 eig = groups_eig = self._eigenvalues(params, grads, present.tolist())
                 reference = (weights.to(eig.dtype) * eig).sum()
-            observed[self.hessian] = self._violation(groups_eig - reference, present)
+            observed[self.hessian] = self._violation(groups_eig - reference, present, "hessian")
             misc["hessian_top"] = eig.detach().cpu()
         return observed
 
@@ -151,6 +175,31 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             hv = torch.autograd.grad(_inner(grad, v), params, create_graph=True)
             quotients.append(_inner(v, hv))
         return torch.stack(quotients)
+
+
+def _output_layer(model: nn.Module) -> nn.Linear:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def _classifier_gradient_norms(layer: nn.Linear, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each sample's ||d loss_i / d(W, b)|| of the classifier layer, by torch.func (vmap of grad),
+    differentiable with respect to the layer and the features (so to every earlier parameter)."""
+    from torch.func import grad, vmap
+
+    weight = getattr(layer, "weight")
+    bias = layer.bias if layer.bias is not None else torch.zeros(weight.shape[0], device=weight.device)
+
+    def sample_loss(w, b, h, target):
+        return F.cross_entropy((h.float() @ w.float().T + b.float())[None], target[None])
+
+    grads_w, grads_b = vmap(grad(sample_loss, argnums=(0, 1)), in_dims=(None, None, 0, 0))(weight, bias, features, y)
+    return torch.sqrt(grads_w.square().flatten(1).sum(1) + grads_b.square().sum(1) + 1e-12)
+
+
+def _boundary_closeness(logits: torch.Tensor) -> torch.Tensor:
+    """1 - (p_top - p_second) per sample: 1 on the decision boundary, 0 far from it."""
+    top2 = logits.softmax(1).topk(2, dim=1).values
+    return 1 - (top2[:, 0] - top2[:, 1])
 
 
 def _full_precision(logits: torch.Tensor) -> torch.Tensor:
