@@ -5,7 +5,8 @@ from fairprune import artifacts, models, tracking
 from fairprune.data import load_prepared
 from fairprune.device import resolve
 from fairprune.errors import DataError
-from fairprune.fairness.diagnostics import add_excess_loss_bound, diagnose, group_samples, parameter_distance
+from fairprune.fairness.diagnostics import (add_excess_loss_bound, diagnose, group_outputs, group_samples,
+                                            one_shot_model, parameter_distance)
 from fairprune.report_diagnostics import claims
 from fairprune.stage import run
 
@@ -33,14 +34,17 @@ def main(params, args, timer):
             if label == "dense":
                 dense[seed] = (record, model)
             else:
-                add_excess_loss_bound(record, dense[seed][0], parameter_distance(model, dense[seed][1]))
+                shot = one_shot_model(model, dense[seed][1])
+                shot_record = None if shot is None else group_outputs(shot, samples, cfg.batch_size)
+                add_excess_loss_bound(record, dense[seed][0], shot_record, parameter_distance(model, dense[seed][1]))
             artifacts.write_json(artifacts.DIAGNOSE_DIR / f"{name}.json", record)
             records.append(record)
             with mlflow.start_run(run_name=f"diagnose-{name}", nested=True,
                                   tags={"stage": "diagnose", "method": label, "sparsity": str(sparsity),
                                         "seed": str(seed)}):
                 flat = {f"{key}/{g['name']}": g[key] for g in record["groups"]
-                        for key in ("grad_norm", "hessian_top", "boundary_closeness", "excess_loss", "bound")
+                        for key in ("grad_norm", "hessian_top", "boundary_closeness", "excess_loss", "bound",
+                                    "one_shot_excess_loss", "bound_ratio")
                         if g.get(key) is not None}
                 tracking.log_metrics({**flat, **{f"population/{k}": v for k, v in record["population"].items()}})
             print(f"[{i + 1}/{len(jobs)}] {name:>24}: grad norm "

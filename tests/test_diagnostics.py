@@ -8,7 +8,8 @@ from torch.func import functional_call
 
 from fairprune.fairness.vectors import power_iteration, top_eigenpair
 from fairprune.fairness.diagnostics import (GroupSample, Subspace, add_excess_loss_bound, diagnose, gradient,
-                                            hessian_vector_product, parameter_distance, top_eigenvalue)
+                                            group_outputs, hessian_vector_product, one_shot_model,
+                                            parameter_distance, top_eigenvalue)
 
 
 def tiny():
@@ -92,10 +93,22 @@ def test_seeded_diagnostics_repeat_and_bound_is_attached():
     pruned = tiny()
     with torch.no_grad():
         pruned[1].weight.mul_((pruned[1].weight.abs() > 0.3).float())
+    with torch.no_grad():
+        pruned[3].weight.add_(0.05)  # "fine-tuning" moved the surviving weights; the zeros stay
+    shot = one_shot_model(pruned, dense)
+    for (name, a), b, p in zip(shot.named_parameters(), dense.parameters(), pruned.parameters()):
+        expected = b * (p != 0) if name == "1.weight" else b  # m * theta*: the dense weights, pruned's zeros
+        assert torch.equal(a, expected), name
+    distance = parameter_distance(pruned, dense)
     record = add_excess_loss_bound(diagnose(pruned, groups, np.array([30, 10]), iterations=5, seed=3), first,
-                                   parameter_distance(pruned, dense))
+                                   group_outputs(shot, groups), distance)
     assert record["parameter_distance"] > 0
-    for group, base in zip(record["groups"], first["groups"]):
+    for group, base, shot_group in zip(record["groups"], first["groups"], group_outputs(shot, groups)["groups"]):
         assert group["excess_loss"] == pytest.approx(group["loss"] - base["loss"])
-        assert group["bound_holds"] in (True, False)
+        excess = shot_group["loss"] - base["loss"]  # Theorem 1 speaks of the one-shot model
+        bound = base["grad_norm"] * distance + 0.5 * base["hessian_top"] * distance ** 2
+        assert group["one_shot_excess_loss"] == pytest.approx(excess) and group["bound"] == pytest.approx(bound)
+        assert (group["bound_ratio"] == pytest.approx(bound / excess)) if excess > 0 else np.isnan(group["bound_ratio"])
+        assert "bound_holds" not in group
     assert np.isnan(parameter_distance(nn.Linear(2, 2), dense))
+    assert one_shot_model(nn.Sequential(nn.Linear(2, 2)), dense) is None

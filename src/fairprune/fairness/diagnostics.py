@@ -17,6 +17,7 @@ Choices the paper leaves open, made here:
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +97,12 @@ def _outputs(model: nn.Module, sample: GroupSample, batch_size: int) -> dict[str
     return {"loss": loss / n, "accuracy": correct / n, "boundary_closeness": closeness / n}
 
 
+def group_outputs(model: nn.Module, samples: list[GroupSample], batch_size: int = 256) -> dict:
+    """Loss, accuracy and boundary closeness per group only (no gradients): {"groups": [...]}."""
+    model.eval()
+    return {"groups": [_outputs(model, s, batch_size) if len(s.targets) else {} for s in samples]}
+
+
 def group_samples(data, split: str, per_group: int, seed: int, device: torch.device) -> tuple[list, np.ndarray]:
     """A seeded sample of at most `per_group` examples of each group, and each group's full size."""
     images, targets, groups = data.subset(split)
@@ -146,13 +153,37 @@ def diagnose(model: nn.Module, samples: list[GroupSample], sizes: np.ndarray, *,
                                        for p, m in zip(space.params, space.masks)))}
 
 
-def add_excess_loss_bound(record: dict, dense_record: dict, distance: float) -> dict:
-    """Theorem 1 next to the measured R(a): the dense model's g_a and lambda_a, the pruned model's loss."""
+def one_shot_model(pruned: nn.Module, dense: nn.Module) -> nn.Module | None:
+    """The dense model with the pruned model's zeros: theta_bar = m * theta*, the model right after
+    pruning and before any fine-tuning (what Theorem 1 speaks of). None when the shapes differ
+    (structured pruning)."""
+    a, b = dict(pruned.named_parameters()), dict(dense.named_parameters())
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return None
+    twin = copy.deepcopy(dense)
+    masks = {id(m.weight): m for m, _ in prunable_weights(pruned, exclude_output_layer=False)}
+    with torch.no_grad():
+        for (name, param), (_, source) in zip(twin.named_parameters(), pruned.named_parameters()):
+            if id(source) in masks:
+                param.mul_((source != 0).to(param.dtype))
+    return twin
+
+
+def add_excess_loss_bound(record: dict, dense_record: dict, one_shot_record: dict | None, distance: float) -> dict:
+    """Theorem 1 next to the excess loss it bounds: the dense model's g_a and lambda_a, ||theta_bar -
+    theta*|| and R(a) of the ONE-SHOT pruned model (before fine-tuning, which the theorem does not
+    cover). `bound_ratio` = bound / R(a) says how loose the bound is (NaN where R(a) <= 0); no
+    "holds" verdict: the bound is loose by orders of magnitude, so holding says little."""
     record["parameter_distance"] = distance
-    for group, dense in zip(record["groups"], dense_record["groups"]):
+    for group, dense, shot in zip(record["groups"], dense_record["groups"],
+                                  (one_shot_record or {"groups": [{}] * len(record["groups"])})["groups"]):
         if "loss" not in group:
             continue
-        group["excess_loss"] = group["loss"] - dense["loss"]
+        group["excess_loss"] = group["loss"] - dense["loss"]  # of the fine-tuned model, for the record
+        if "loss" not in shot or not np.isfinite(distance):
+            continue
+        group["one_shot_excess_loss"] = shot["loss"] - dense["loss"]
         group["bound"] = dense["grad_norm"] * distance + 0.5 * dense["hessian_top"] * distance ** 2
-        group["bound_holds"] = bool(group["excess_loss"] <= group["bound"]) if np.isfinite(distance) else None
+        excess = group["one_shot_excess_loss"]
+        group["bound_ratio"] = group["bound"] / excess if excess > 0 else float("nan")
     return record
