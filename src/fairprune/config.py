@@ -218,7 +218,9 @@ class BifpParams(_Section):
     # final mask is not one the weights (their learning rate decayed to 0) never adapted to.
     mask_freeze_epochs: int = Field(default=0, ge=0)
     score_init: Literal["magnitude", "random"] = "magnitude"  # magnitude: the first mask is magnitude pruning's
-    surrogate: Literal["logistic", "hinge", "linear", "sigmoid"] = "logistic"  # stand-in u for the 0/1 indicator
+    # stand-in u for the 0/1 indicator. sigmoid (bounded: a soft accuracy gap) by default: the convex logistic
+    # makes the penalty a mean margin that confident samples dominate, and collapsed the model on two face sets
+    surrogate: Literal["logistic", "hinge", "linear", "sigmoid"] = "sigmoid"
     tolerance: float = Field(default=0.02, ge=0.0)  # bifp_lagrangian: allowed excess of a group's surrogate error
     dual_lr: float = Field(default=0.01, gt=0.0)  # bifp_lagrangian: multiplier step size
     # bifp_lagrangian: the split whose batches measure the violations the multipliers ascend on.
