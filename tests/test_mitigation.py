@@ -1,4 +1,5 @@
 """Tran et al.'s constrained training on a toy problem where ERM is unfair by construction."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -115,16 +116,20 @@ def test_full_literal_constraints_match_an_independent_autograd_reference():
     state = problem.compute_cmp_state(x, y, groups)
     params = list(model.parameters())
 
-    def group_grad(g):
-        loss = nn.functional.cross_entropy(model(x[groups == g]), y[groups == g])
+    def grad_of(rows):
+        loss = nn.functional.cross_entropy(model(x[rows]), y[rows])
         return torch.autograd.grad(loss, params, create_graph=True)
 
-    grads = [group_grad(0), group_grad(1)]
-    population = [0.75 * a + 0.25 * b for a, b in zip(*grads)]
-    norm = lambda ts: torch.sqrt(sum((t ** 2).sum() for t in ts))  # noqa: E731
-    exact = torch.autograd.grad(norm(grads[1]) - norm(population), params, retain_graph=True)
+    halves = []
+    for g in (0, 1):
+        idx = torch.nonzero(groups == g).flatten()
+        halves.append((grad_of(idx[0::2]), grad_of(idx[1::2])))
+    inner = lambda a, b: sum((s * t).sum() for s, t in zip(a, b))  # noqa: E731
+    population = [[0.75 * a + 0.25 * b for a, b in zip(halves[0][k], halves[1][k])] for k in (0, 1)]
+    expected = torch.sqrt(inner(*halves[1])) - torch.sqrt(inner(*population))  # two-halves norms
+    exact = torch.autograd.grad(expected, params, retain_graph=True)
     violation = state.observed_constraints[problem.grad_norm].violation[1]
-    assert violation.item() == pytest.approx((norm(grads[1]) - norm(population)).item(), rel=1e-6)
+    assert violation.item() == pytest.approx(expected.item(), rel=1e-5)
     estimate = torch.autograd.grad(violation, params, retain_graph=True)
     for a, b in zip(estimate, exact):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
@@ -239,3 +244,27 @@ def test_full_narrows_the_per_sample_gradient_norm_gap_not_only_the_loss_gap():
 
     assert norm_gap(full) < 0.5 * norm_gap(plain)
     assert norm_gap(full) < norm_gap(relaxed)
+
+
+def test_two_halves_gradient_norm_is_unbiased_where_a_slice_norm_is_not():
+    """A small group's gradient norm from its slice of a batch is biased upward by sampling noise;
+    sqrt(<g_A, g_B>) of two halves is not (its square is unbiased for ||E g||^2)."""
+    from fairprune.fairness.constraints import GroupFairnessProblem
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3)).double()
+    x, y = torch.randn(4000, 5, dtype=torch.float64), torch.randint(0, 3, (4000,))
+    params = list(model.parameters())
+    whole = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), params)
+    truth = float(sum((g ** 2).sum() for g in whole))
+    problem = GroupFairnessProblem(model, 1, MitigationParams(variant="full_literal"), CPU)
+    slices, halves = [], []
+    for start in range(0, 4000, 16):  # 250 batches of 16 samples of one group
+        rows = torch.zeros(4000, dtype=torch.bool)
+        rows[start:start + 16] = True
+        a, b, n_a, n_b = problem._halves(params, x, y, rows)
+        slice_grad = [(ga + gb) / 2 for ga, gb in zip(a, b)]
+        slices.append(float(sum((g ** 2).sum() for g in slice_grad)))
+        halves.append(float(sum((ga * gb).sum() for ga, gb in zip(a, b))))
+    assert np.mean(slices) > 3 * truth  # the slice's squared norm: noise variance / 16 on top
+    assert abs(np.mean(halves) - truth) < 0.25 * (np.mean(slices) - truth)
