@@ -174,6 +174,7 @@ def test_fairgrape_prunes_in_rounds_to_the_target_and_equal_quota_per_layer(digi
                                                                                    "retrain_epochs": 1}}, epochs=1)
     rounds = [r for r in logged if "fairgrape/round" in r]
     assert [r["fairgrape/round"] for r in rounds] == [1, 2, 3]
+    assert all(0 <= r["fairgrape/val_acc/8"] <= 1 and "fairgrape/importance_share/8" in r for r in rounds)
     from fairprune.pruning import prunable_weights
 
     for module, name in prunable_weights(model):

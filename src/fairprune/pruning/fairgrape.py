@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from fairprune.config import FairgrapeParams
+from fairprune.evaluation import evaluate_split
 from fairprune.pruning.base import PruneContext, PruningMethod, prunable_weights, register
 
 
@@ -141,10 +142,13 @@ class FairGrape(PruningMethod):
                 shares.append(kept / max(kept.sum(), 1e-30))
             self.round_seconds.append(time.perf_counter() - began)
             if ctx.log:
+                names = list(getattr(ctx.data, "group_names", range(ctx.data.num_groups)))
+                val = evaluate_split(model, ctx.data, "val", 1024, ctx.device).stats()  # right after this round's cut
                 ctx.log({"fairgrape/round": r, "fairgrape/density": density,
                          "fairgrape/round_s": self.round_seconds[-1],
                          **{f"fairgrape/importance_share/{g}": float(np.mean([s[i] for s in shares]))
-                            for i, g in enumerate(getattr(ctx.data, "group_names", range(ctx.data.num_groups)))}}, r)
+                            for i, g in enumerate(names)},
+                         **{f"fairgrape/val_acc/{g}": float(a) for g, a in zip(names, val.accuracy)}}, r)
             if r < len(densities) and settings.retrain_epochs and ctx.retrain is not None:
                 ctx.retrain(model, settings.retrain_epochs, f"fairgrape round {r}/{len(densities)}")
         return model
