@@ -10,6 +10,7 @@ from conftest import REPO
 from fairprune import results
 
 BLOCK = re.compile(r"<!-- table: (\S+) -->\n(.*?)<!-- end table -->", re.S)
+VALIDATION = re.compile(r"<!-- validation: (\S+) -->\n(.*?)<!-- end validation -->", re.S)
 
 
 def test_every_table_in_the_results_page_is_what_the_generator_prints(monkeypatch):
@@ -19,6 +20,9 @@ def test_every_table_in_the_results_page_is_what_the_generator_prints(monkeypatc
     for name, quoted in blocks:
         assert (REPO / "results" / name / "eval").is_dir(), f"docs/results.md quotes results/{name}, which is missing"
         assert quoted == results.table(name), f"docs/results.md's table for {name} is stale: regenerate it"
+    for page in sorted((REPO / "docs").glob("*.md")):
+        for name, quoted in VALIDATION.findall(page.read_text()):
+            assert quoted == results.validation(name), f"{page.name}'s validation table for {name} is stale"
 
 
 def record(method, sparsity, seed, accuracies, overall, gap, psi):

@@ -3,6 +3,7 @@ the docs quote from them (the docs quote only what `table` prints).
 
     python -m fairprune.results collect NAME [--project DIR] [--config FILE ...]
     python -m fairprune.results table NAME
+    python -m fairprune.results validation NAME
 
 `collect` copies `metrics/eval/*.json` (per-model, per-group test metrics; nothing from which an
 image could be recovered) and writes `manifest.json` (params, git commit, data digest, machine,
@@ -142,6 +143,22 @@ def table(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def validation(name: str) -> str:
+    """Final-epoch validation accuracy, gap and worst group per variant folder of results/NAME (prune
+    metrics), for choices made on the validation split."""
+    lines = ["| variant | method | seeds | val accuracy | val accuracy gap | worst group |", "|---|---|---|---|---|---|"]
+    for variant in sorted(p for p in (RESULTS / name).iterdir() if p.is_dir()):
+        runs = defaultdict(list)
+        for path in sorted(variant.glob("*.json")):
+            record = json.loads(path.read_text())
+            runs[record["method"]].append(record["history"][-1])
+        for method, finals in sorted(runs.items()):
+            groups = [[v for k, v in f.items() if k.startswith("val_acc/")] for f in finals]
+            lines.append(f"| {variant.name} | {method} | {len(finals)} | {_fmt(*_interval([f['val_acc'] for f in finals]))} | "
+                         f"{_fmt(*_interval([max(g) - min(g) for g in groups]))} | {_fmt(*_interval([min(g) for g in groups]))} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fairprune.results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,12 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--commit", help="the fairprune commit the run's code came from (default: this checkout's HEAD)")
     t = sub.add_parser("table", help="print the tables the docs quote")
     t.add_argument("name")
+    v = sub.add_parser("validation", help="print a validation-split comparison (results/NAME/<variant>/*.json)")
+    v.add_argument("name")
     args = parser.parse_args(argv)
     if args.command == "collect":
         if not (args.project / "metrics" / "eval").is_dir():
             print(f"error: {args.project}/metrics/eval is missing; run `dvc repro evaluate` there first", file=sys.stderr)
             return 2
         print(f"collected into {collect(args.name, args.project, args.config, args.commit)}")
+        return 0
+    if args.command == "validation":
+        print(validation(args.name), end="")
         return 0
     if not (RESULTS / args.name / "eval").is_dir():
         print(f"error: results/{args.name} has no eval/ folder; collect a run first", file=sys.stderr)
