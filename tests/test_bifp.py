@@ -308,15 +308,17 @@ def check_structured_export(arch, device):
     assert 1 - count_params(exported) / dense == pytest.approx(0.6, abs=0.02)
 
 
-def test_collapse_guard_stops_when_a_class_is_no_longer_predicted():
+def test_collapse_guard_stops_when_a_class_predicted_after_pruning_is_no_longer_predicted():
     from fairprune.errors import TrainingCollapsed
 
     method = get_method("bifp_uns")
-    method.bifp = BifpParams()
-    collapsed = SimpleNamespace(y_true=np.array([0, 1, 2, 2]), y_pred=np.array([0, 1, 1, 1]), num_classes=3)
+    method.bifp = BifpParams(surrogate="logistic")
+    preds = lambda predicted: SimpleNamespace(y_true=np.array([0, 1, 2, 2]), y_pred=np.array(predicted),  # noqa: E731
+                                              num_classes=3)
+    start = preds([0, 1, 2, 1])
     with pytest.raises(TrainingCollapsed, match=r"class\(es\) \[2\].*surrogate: sigmoid"):
-        method.check_epoch(collapsed, 1)
-    healthy = SimpleNamespace(y_true=np.array([0, 1, 2, 2]), y_pred=np.array([0, 1, 2, 1]), num_classes=3)
-    method.check_epoch(healthy, 1)
+        method.check_epoch(preds([0, 1, 1, 1]), 1, start)
+    method.check_epoch(preds([0, 1, 2, 2]), 1, start)
+    method.check_epoch(preds([0, 1, 1, 1]), 1, preds([0, 1, 1, 1]))  # pruning had silenced class 2 already
     method.bifp = BifpParams(collapse_check=False)
-    method.check_epoch(collapsed, 1)
+    method.check_epoch(preds([0, 1, 1, 1]), 1, start)

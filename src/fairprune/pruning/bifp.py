@@ -136,20 +136,22 @@ class BifpUnstructured(PruningMethod):
         if getattr(self, "step", None) is not None:
             self.step.mask_fixed = epoch >= total_epochs - self.bifp.mask_freeze_epochs
 
-    def check_epoch(self, predictions, epoch: int) -> None:
-        """Stop when a class with validation samples is no longer predicted at all: the fairness term has
-        pushed every sample of some group to one class (seen with the logistic surrogate on two face sets)."""
+    def check_epoch(self, predictions, epoch: int, start) -> None:
+        """Stop when a class the model predicted right after pruning (`start`, validation split) is no
+        longer predicted at all: the fairness term has pushed its samples to other classes (seen with
+        the logistic surrogate on two face sets). A class pruning alone had already silenced is not
+        the fine-tuning's doing and does not stop the run."""
         if not self.bifp.collapse_check:
             return
-        present = np.bincount(predictions.y_true, minlength=predictions.num_classes) > 0
-        predicted = np.bincount(predictions.y_pred, minlength=predictions.num_classes) > 0
-        vanished = np.nonzero(present & ~predicted)[0].tolist()
+        before = np.bincount(start.y_pred, minlength=start.num_classes) > 0
+        now = np.bincount(predictions.y_pred, minlength=predictions.num_classes) > 0
+        vanished = np.nonzero(before & ~now)[0].tolist()
         if vanished:
             raise TrainingCollapsed(
                 f"{self.name}: after fine-tuning epoch {epoch} the model predicts no validation sample as class(es) "
-                f"{vanished} although the validation split holds them: the fairness term collapsed the model "
+                f"{vanished}, which it predicted right after pruning: the fairness term collapsed the model "
                 f"(surrogate '{self.bifp.surrogate}', lambda_w {self.bifp.lambda_w}, lambda_m {self.bifp.lambda_m}). "
-                f"Use prune.bifp.surrogate: sigmoid (bounded), lower the lambdas, or set "
+                f"Lower the lambdas, use prune.bifp.surrogate: sigmoid if it is not, or set "
                 f"prune.bifp.collapse_check: false to keep the collapsed model")
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from fairprune import artifacts, models, training
 from fairprune.config import MITIGATED_DENSE_ARMS, MITIGATED_FINETUNE_ARMS, Params, split_arm
 from fairprune.errors import DataError
+from fairprune.evaluation import evaluate_split
 from fairprune.pruning.base import PruneContext, get_method, measure_sparsity
 from fairprune.pruning.structured import count_params
 
@@ -87,11 +88,15 @@ def prune_and_finetune(params: Params, method_spec: str, sparsity: float, seed: 
     if after_pruning:
         after_pruning()
     mitigation = params.mitigation if arm in MITIGATED_FINETUNE_ARMS else None
+    check_epoch = None
+    if hasattr(method, "check_epoch"):  # it compares each epoch with the model right after pruning
+        start_predictions = evaluate_split(model, data, "val", 1024, device)
+        check_epoch = lambda predictions, epoch: method.check_epoch(predictions, epoch, start_predictions)  # noqa: E731
     history = training.fit(model, data, params.finetune, device, seed=seed, checkpoint=checkpoint,
                            resume_key=resume_key, log=log, desc=f"finetune {key_name}", extra_state=extra_state,
                            before_epoch=lambda e: method.before_finetune_epoch(model, e, params.finetune.epochs),
                            mitigation=mitigation, step_factory=_own_step(method, device),
-                           check_epoch=getattr(method, "check_epoch", None))
+                           check_epoch=check_epoch)
     model = method.finish(model)
     return PrunedRun(model=model, history=history, start=start, method=method, arm=arm,
                      dense_params=dense_params, at_pruning=at_pruning, dense_extra=dense_extra)
