@@ -137,19 +137,22 @@ class BifpUnstructured(PruningMethod):
             self.step.mask_fixed = epoch >= total_epochs - self.bifp.mask_freeze_epochs
 
     def check_epoch(self, predictions, epoch: int, start) -> None:
-        """Stop when a class the model predicted right after pruning (`start`, validation split) is no
-        longer predicted at all: the fairness term has pushed its samples to other classes (seen with
-        the logistic surrogate on two face sets). A class pruning alone had already silenced is not
-        the fine-tuning's doing and does not stop the run."""
+        """Stop when the fine-tuning made the model worse than it was right after pruning (`start`,
+        validation split) AND a class it predicted then is no longer predicted at all: the fairness term
+        has pushed that class's samples elsewhere (seen with the logistic surrogate on two face sets).
+        A class pruning alone had silenced, or one a weak model drops while its accuracy still rises
+        (a 90 %-sparse structured model in its first epoch), does not stop the run."""
         if not self.bifp.collapse_check:
             return
         before = np.bincount(start.y_pred, minlength=start.num_classes) > 0
         now = np.bincount(predictions.y_pred, minlength=predictions.num_classes) > 0
         vanished = np.nonzero(before & ~now)[0].tolist()
-        if vanished:
+        accuracy, start_accuracy = (float(np.mean(p.y_true == p.y_pred)) for p in (predictions, start))
+        if vanished and accuracy < start_accuracy:
             raise TrainingCollapsed(
                 f"{self.name}: after fine-tuning epoch {epoch} the model predicts no validation sample as class(es) "
-                f"{vanished}, which it predicted right after pruning: the fairness term collapsed the model "
+                f"{vanished}, which it predicted right after pruning, and its validation accuracy fell from "
+                f"{start_accuracy:.3f} to {accuracy:.3f}: the fairness term collapsed the model "
                 f"(surrogate '{self.bifp.surrogate}', lambda_w {self.bifp.lambda_w}, lambda_m {self.bifp.lambda_m}). "
                 f"Lower the lambdas, use prune.bifp.surrogate: sigmoid if it is not, or set "
                 f"prune.bifp.collapse_check: false to keep the collapsed model")
