@@ -58,7 +58,8 @@ def test_diagnostics_cover_every_group_and_bound_pruned_models(project):
     for group in record["groups"]:
         assert group["grad_norm"] > 0 and group["bound"] > 0 and "bound_holds" not in group
         ratio = group["bound"] / group["one_shot_excess_loss"] if group["one_shot_excess_loss"] > 0 else None
-        assert np.isnan(group["bound_ratio"]) if ratio is None else group["bound_ratio"] == pytest.approx(ratio)
+        # NaN (no excess loss to bound) is written as null
+        assert group["bound_ratio"] is None if ratio is None else group["bound_ratio"] == pytest.approx(ratio)
 
 
 def test_tune_stage_writes_its_front_and_choice(project):
@@ -82,7 +83,7 @@ def test_bifp_claims_efficiency_and_structured_export(project):
     assert [h["steps"] for h in record["history"]] == [record["history"][0]["steps"]]  # one epoch of passes
     evaluated = json.loads((work / "metrics" / "eval" / "bifp_uns-0.5-s0.json").read_text())
     errors = [g["surrogate_error"] for g in evaluated["groups"].values() if g["n"] > 0]
-    assert evaluated["fairness"]["surrogate_excess"] == pytest.approx(max(errors) - np.mean(errors), abs=1e-9)
+    assert evaluated["fairness"]["surrogate_excess"] == pytest.approx(max(errors) - np.mean(errors), abs=1e-6)
 
 
 def test_tradeoff_sweep_and_landscape_lines(project):
