@@ -47,10 +47,13 @@ def test_levelling_down_is_named_and_levelling_up_is_not(tmp_path, monkeypatch):
         rows.append(record("down", 0.9, seed, (0.7 + noise, 0.6), 0.65, 0.1 - noise, 0.0))
         # the gap narrows because the worst-off group rises, the best-off one keeps its accuracy
         rows.append(record("up", 0.9, seed, (0.9, 0.8 + noise), 0.85, 0.1 - noise, 0.0))
+        # as magnitude give or take seed noise that changes sign: no claim either way
+        rows.append(record("same", 0.9, seed, (0.9, 0.6), 0.75, 0.3 - noise + (0.02, -0.03, 0.01)[seed], 0.05))
     write(tmp_path, rows)
     table = results.table("toy")
     assert re.search(r"\| down \| 0.9 \|.*\| narrower gap, levelling down \|", table)
     assert re.search(r"\| up \| 0.9 \|.*\| narrower gap \|", table)
+    assert re.search(r"\| same \| 0.9 \|.*\| no clear difference \|", table)
     assert "| up | 0.9 | 85.0 ± 0.0 |" in table
     assert "up at 0.9" in table and "down at 0.9" not in table  # down's accuracy is 10 points below magnitude's
 
