@@ -1,7 +1,7 @@
 """Tran et al.'s mitigation (METHODS.md section 3): constrained ERM solved by Lagrangian duality.
 
 relaxed (Eq. 8):   min J(theta; D)  s.t.  J(theta; D_a) - J(theta; D) = 0                      for every group a
-full (feasible):   additionally  (G_a - G) / G and (B_a - B) / B within +-full_tolerance
+full (feasible):   additionally  (G_a - G) / G_0 and (B_a - B) / B_0 within +-full_tolerance (G_0, B_0: first step)
 full_literal (Eq. 7 as written): additionally ||g_a|| - ||g|| = 0 and lambda(H_a) - lambda(H) = 0
 
 `full` is the paper's stated intent made feasible. Tran et al. explain the disparity by two
@@ -9,8 +9,9 @@ per-group quantities, the gradient norm and the Hessian (whose top eigenvalue gr
 the group's samples are to the decision boundary). `full` equalises per-sample versions of both:
 G_a is the group's mean per-sample gradient norm and B_a its mean closeness to the boundary
 1 - (p_top - p_second), each against the population mean G = sum_a (n_a / n) G_a (so the size-
-weighted mean of the violations is 0: feasible by linearity, as the loss constraint), normalised by
-the population value so that one tolerance fits both. The per-sample gradient is taken with respect
+weighted mean of the violations is 0: feasible by linearity, as the loss constraint), divided by the
+population value at the first step (a fixed scale, so that one tolerance fits both; the current value
+goes to 0 as the model fits and made the gradients blow up). The per-sample gradient is taken with respect
 to the classifier layer (torch.func: vmap of grad over the samples), which is exactly
 ||p - e_y|| * ||(h, 1)|| -- the ||f(x) - y|| factor of Tran et al.'s Theorem 2 times the feature
 norm; the whole network's per-sample gradients would cost batch x parameters memory. No double
@@ -74,16 +75,17 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             multiplier = cooper.multipliers.IndexedMultiplier(num_constraints=num_groups, device=device)
             setattr(self, name, cooper.Constraint(constraint_type=kind, multiplier=multiplier))
         self.eigenvectors: dict[int, list[torch.Tensor]] = {}
+        self.scales: dict[str, float] = {}  # full: the population values the gaps are relative to
         self.step_count = 0
 
     def extra_state(self) -> dict:
         """What a checkpoint needs beyond the multipliers: the warm-started eigenvectors."""
         return {"eigenvectors": {k: [t.cpu() for t in v] for k, v in self.eigenvectors.items()},
-                "step_count": self.step_count}
+                "step_count": self.step_count, "scales": dict(self.scales)}
 
     def load_extra_state(self, state: dict) -> None:
         self.eigenvectors = {k: [t.to(self.device) for t in v] for k, v in state["eigenvectors"].items()}
-        self.step_count = state["step_count"]
+        self.step_count, self.scales = state["step_count"], dict(state.get("scales", {}))
 
     def _tolerance(self, name: str) -> float:
         return self.params.full_tolerance if name in ("sample_grad_norm", "boundary") else self.params.tolerance
@@ -119,7 +121,10 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             for name, values in (("sample_grad_norm", norms), ("boundary", closeness)):
                 means, _ = group_means(values, groups, self.num_groups)
                 population = values.mean()
-                relative = (means[present] - population) / population.detach().clamp(min=1e-8)
+                # a fixed scale, the population value at the first step: dividing by the current one blew
+                # the gradients up as training drove both to 0 (the digits collapsed in 2 of 3 seeds)
+                scale = self.scales.setdefault(name, float(population.detach().clamp(min=1e-8)))
+                relative = (means[present] - population) / scale
                 observed[getattr(self, name)] = self._violation(relative, present, name)
                 misc[name] = means.detach().cpu()
         if "grad_norm" in self.kinds:
