@@ -85,6 +85,11 @@ class Classifier(nn.Module):
                 "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
 
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The classifier (the last Linear layer): never pruned structurally (that would remove classes)."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
 def build(arch: str, data) -> Classifier:
     """A fresh model for a PreparedData's input shape and classes."""
     return Classifier(arch, data.input_shape, data.num_classes, data.mean, data.std)

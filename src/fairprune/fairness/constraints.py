@@ -54,6 +54,7 @@ from fairprune.device import autocast
 from fairprune.errors import TrainingDiverged
 from fairprune.fairness.surrogate import group_counts, group_means
 from fairprune.fairness.vectors import combine, norm, top_eigenpair
+from fairprune.models import output_layer
 
 CONSTRAINTS = {"relaxed": ("loss",), "full": ("loss", "sample_grad_norm", "boundary"),
                "full_literal": ("loss", "grad_norm", "hessian")}
@@ -105,7 +106,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         features = {}
         handle = None
         if "sample_grad_norm" in self.kinds:
-            handle = _output_layer(self.model).register_forward_hook(lambda m, i, o: features.update(h=i[0]))
+            handle = output_layer(self.model).register_forward_hook(lambda m, i, o: features.update(h=i[0]))
         with autocast(self.device):
             logits = self.model(x)
         if handle is not None:
@@ -116,7 +117,7 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
         observed = {self.loss: self._violation(group_loss[present] - loss, present)}
         misc = {"present": present, "logits": logits.detach(), "group_loss": group_loss.detach()}
         if "sample_grad_norm" in self.kinds:
-            norms = _classifier_gradient_norms(_output_layer(self.model), features["h"], y)
+            norms = _classifier_gradient_norms(output_layer(self.model), features["h"], y)
             closeness = _boundary_closeness(_full_precision(logits))
             for name, values in (("sample_grad_norm", norms), ("boundary", closeness)):
                 means, _ = group_means(values, groups, self.num_groups)
@@ -198,10 +199,6 @@ class GroupFairnessProblem(cooper.ConstrainedMinimizationProblem):
             hv = torch.autograd.grad(_inner(grad, v), params, create_graph=True)
             quotients.append(_inner(v, hv))
         return torch.stack(quotients)
-
-
-def _output_layer(model: nn.Module) -> nn.Linear:
-    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
 
 
 def _classifier_gradient_norms(layer: nn.Linear, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,8 @@ from fairprune.errors import TrainingCollapsed
 from fairprune.fairness.surrogate import parity_penalty, surrogate_errors
 from fairprune.pruning.base import (GlobalTopMasks, PruneContext, PruningMethod, make_permanent, prunable_weights,
                                     register)
-from fairprune.pruning.structured import L1Filter, output_layer
+from fairprune.models import output_layer
+from fairprune.pruning.structured import L1Filter
 
 
 class WeightScores:

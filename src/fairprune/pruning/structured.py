@@ -13,6 +13,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from fairprune.models import output_layer
 from fairprune.pruning.base import PruneContext, PruningMethod, register
 
 BISECTION_STEPS = 12
@@ -47,11 +48,6 @@ def l1_norm(filters: torch.Tensor) -> torch.Tensor:
 def geometric_median_distance(filters: torch.Tensor) -> torch.Tensor:
     """sum_j ||F_i - F_j||_2: small for filters near the geometric median (redundant ones)."""
     return torch.cdist(filters, filters, p=2).sum(dim=1)
-
-
-def output_layer(model: nn.Module) -> nn.Linear:
-    """The classifier: never pruned structurally (that would remove classes)."""
-    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
 
 
 def count_params(model: nn.Module) -> int:
