@@ -11,7 +11,8 @@ from fairprune.config import DataParams, FinetuneParams, Params
 from fairprune.data import prepare
 from fairprune.fairness.excess_gap import DenseReference, ExcessGapProblem, GroupReplayBuffer, excess_accuracy_drop
 from fairprune.pruning import PruneContext, get_method, make_permanent, measure_sparsity
-from fairprune.pruning.fairgrape import FairGrape, greedy_keep
+from fairprune.pruning.base import round_densities
+from fairprune.pruning.fairgrape import greedy_keep
 from fairprune.training import fit
 
 CPU = torch.device("cpu")
@@ -131,8 +132,8 @@ def test_fairgrape_keeps_each_groups_share_where_total_importance_would_drop_a_g
 
 
 def test_fairgrape_round_schedule():
-    assert FairGrape.densities(0.9, 0.8)[-1] == pytest.approx(0.1)
-    densities = FairGrape.densities(0.5, 0.8)
+    assert round_densities(0.9, 0.8)[-1] == pytest.approx(0.1)
+    densities = round_densities(0.5, 0.8)
     assert densities == pytest.approx([0.8, 0.64, 0.512, 0.5])
 
 

@@ -1,6 +1,7 @@
 """The method interface, the registry and the bookkeeping every method shares."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -91,6 +92,13 @@ def effective_weight(module: nn.Module, name: str) -> torch.Tensor:
     if hasattr(module, f"{name}_orig"):
         return getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")
     return getattr(module, name)
+
+
+def round_densities(sparsity: float, keep_per_round: float) -> list[float]:
+    """The fraction of weights kept after each round of an iterative method that keeps `keep_per_round`
+    of the remaining weights per round, the last round stopping exactly at 1 - sparsity."""
+    rounds = max(1, math.ceil(math.log(1 - sparsity) / math.log(keep_per_round) - 1e-9))
+    return [max(1 - sparsity, keep_per_round ** r) for r in range(1, rounds + 1)]
 
 
 def keep_top_masks(scores: list[torch.Tensor], keep: int) -> list[torch.Tensor]:

@@ -18,7 +18,6 @@ normalisation applied to one group only, the per-weight Python loop) are not rep
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numba
@@ -30,7 +29,7 @@ from torch.nn.utils import prune as torch_prune
 
 from fairprune.config import FairgrapeParams
 from fairprune.evaluation import evaluate_split
-from fairprune.pruning.base import PruneContext, PruningMethod, prunable_weights, register
+from fairprune.pruning.base import PruneContext, PruningMethod, prunable_weights, register, round_densities
 
 
 def group_importance(model: nn.Module, targets, data, device: torch.device, batch_size: int) -> list[torch.Tensor]:
@@ -111,12 +110,6 @@ class FairGrape(PruningMethod):
 
     name = "fairgrape"
 
-    @staticmethod
-    def densities(sparsity: float, keep_per_round: float) -> list[float]:
-        """The fraction of weights kept after each round, the last one exactly 1 - sparsity."""
-        rounds = max(1, math.ceil(math.log(1 - sparsity) / math.log(keep_per_round) - 1e-9))
-        return [max(1 - sparsity, keep_per_round ** r) for r in range(1, rounds + 1)]
-
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> nn.Module:
         settings = FairgrapeParams(**ctx.options.get("fairgrape", {}))
         targets = prunable_weights(model, ctx.exclude_output_layer)
@@ -124,7 +117,7 @@ class FairGrape(PruningMethod):
             return model
         for module, name in targets:
             torch_prune.identity(module, name)
-        densities = self.densities(sparsity, settings.keep_per_round)
+        densities = round_densities(sparsity, settings.keep_per_round)
         self.round_seconds = []
         for r, density in enumerate(densities, start=1):
             began = time.perf_counter()

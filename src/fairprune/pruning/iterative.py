@@ -9,7 +9,7 @@ from torch.nn.utils import prune as torch_prune
 
 from fairprune.errors import DataError
 from fairprune.pruning.base import (PruneContext, PruningMethod, effective_weight, keep_top_masks,
-                                   make_permanent, prunable_weights, register)
+                                   make_permanent, prunable_weights, register, round_densities)
 
 
 def global_magnitude_masks(targets, sparsity: float) -> list[torch.Tensor]:
@@ -30,7 +30,7 @@ class IterativeMagnitude(PruningMethod):
 
     @staticmethod
     def rounds_for(sparsity: float) -> int:
-        return max(1, math.ceil(math.log(1 - sparsity) / math.log(1 - IterativeMagnitude.RATE) - 1e-9))
+        return len(round_densities(sparsity, 1 - IterativeMagnitude.RATE))
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> nn.Module:
         if sparsity <= 0:
@@ -38,9 +38,9 @@ class IterativeMagnitude(PruningMethod):
         if ctx.rewind_state is None:
             raise DataError("the dense checkpoint holds no rewind state for IMP; keep train.rewind_epoch "
                             "<= train.epochs and rerun the train stage")
-        rounds = self.rounds_for(sparsity)
-        for r in range(1, rounds + 1):
-            density = max(1 - sparsity, (1 - self.RATE) ** r)
+        densities = round_densities(sparsity, 1 - self.RATE)
+        rounds = len(densities)
+        for r, density in enumerate(densities, start=1):
             targets = prunable_weights(model, ctx.exclude_output_layer)
             masks = global_magnitude_masks(targets, 1 - density)
             make_permanent(model)
