@@ -122,17 +122,16 @@ class ExcessGapProblem(cooper.ConstrainedMinimizationProblem):
         group_loss, counts = group_means(per_sample, groups, self.num_groups)
         present = counts > 0
         ref = self.reference
-        if self.kind == "accuracy_gap":
+        accuracy_gap = self.kind == "accuracy_gap"
+        # the buffer holds per-sample correctness (CEAG) or per-sample losses (the equal-loss arm)
+        self.buffer.update(groups, (logits.detach().argmax(1) == y).float() if accuracy_gap else per_sample.detach())
+        buffered, full = self.buffer.means()
+        overall = (ref.group_share * buffered * full).sum() / (ref.group_share * full).sum().clamp(min=1e-12)
+        if accuracy_gap:
             proxy = (group_loss - ref.group_loss) - (loss - ref.loss)
-            self.buffer.update(groups, (logits.detach().argmax(1) == y).float())
-            buffered, full = self.buffer.means()
-            overall = (ref.group_share * buffered * full).sum() / (ref.group_share * full).sum().clamp(min=1e-12)
             strict = excess_accuracy_drop(buffered, overall, ref) - self.tolerance
-        else:
-            proxy = (group_loss - loss).abs()  # |.| in both, as the authors' abs_equality_constraint
-            self.buffer.update(groups, per_sample.detach())
-            buffered, full = self.buffer.means()
-            overall = (ref.group_share * buffered * full).sum() / (ref.group_share * full).sum().clamp(min=1e-12)
+        else:  # |.| in both, as the authors' abs_equality_constraint
+            proxy = (group_loss - loss).abs()
             strict = (buffered - overall).abs() - self.tolerance
         zero = torch.zeros_like(proxy)
         state = cooper.ConstraintState(
