@@ -276,8 +276,9 @@ def test_structured_export_reproduces_the_masked_model(arch):
 
 
 def check_structured_export(arch, device):
-    """bifp_str: after score steps have moved the channel masks, removing the masked channels
-    through the dependency graph gives a smaller model with the masked model's outputs."""
+    """bifp_str: after score steps have moved the channel masks (bringing back pruned channels),
+    removing the masked channels through the dependency graph gives a smaller model with the masked
+    model's outputs."""
     from fairprune.models import Classifier
     from fairprune.pruning.structured import count_params
 
@@ -296,7 +297,7 @@ def check_structured_export(arch, device):
         step(torch.rand(16, 3, 16, 16, generator=g).to(device), torch.randint(0, 2, (16,), generator=g).to(device),
              torch.randint(0, 2, (16,), generator=g).to(device))
     masks = method.layout.masks(method.layout.scores)
-    assert any((a != b).any() for a, b in zip(first, masks))  # the channel scores did move the mask
+    assert any(((a == 0) & (b == 1)).any() for a, b in zip(first, masks))  # a pruned channel came back
     model.eval()
     x = torch.rand(8, 3, 16, 16, device=device)
     with torch.no_grad():
@@ -306,6 +307,71 @@ def check_structured_export(arch, device):
         assert torch.allclose(exported(x), masked, atol=1e-5 if device.type == "cpu" else 1e-3)
     assert not any(hasattr(m, "weight_orig") for m in exported.modules())
     assert 1 - count_params(exported) / dense == pytest.approx(0.6, abs=0.02)
+
+
+def structured_step(arch, sparsity=0.6, **settings):
+    from fairprune.models import Classifier
+
+    torch.manual_seed(0)
+    model = Classifier(arch, (3, 16, 16), 2, [0.5] * 3, [0.25] * 3)
+    method = get_method("bifp_str")
+    ctx = PruneContext(data=SimpleNamespace(num_groups=2, input_shape=(3, 16, 16)), device=CPU,
+                       options={"bifp": {"lambda_w": 0.0, "lambda_m": 0.0, "ig_scale": 0.0, **settings}})
+    method.prune(model, sparsity, ctx)
+    step = method.training_step(model, torch.optim.SGD(model.parameters(), lr=0.01), CPU)
+    g = torch.Generator().manual_seed(1)
+    data = torch.rand(16, 3, 16, 16, generator=g), torch.randint(0, 2, (16,), generator=g), \
+        torch.randint(0, 2, (16,), generator=g)
+    return model, method, step, data
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet10", "mobilenet_v2"])
+def test_structured_score_step_can_bring_back_a_masked_channel_of_every_group(arch):
+    """A masked channel's activation is exactly 0 and ReLU passes no gradient there, so scoring the
+    masked parameters left every masked channel of a ReLU-followed group with score gradient 0. Gated
+    after the activation, every group's masked channels get a gradient, and the score-step forward
+    is still the masked model's."""
+    model, method, step, (x, y, groups) = structured_step(arch)
+    channel_masks = method.layout.channel_masks(method.layout.scores)
+    model.eval()
+    with torch.no_grad():
+        masked = model(x)
+        with method.layout.gates.applied(step._pruning_tensors("mask"), channel_masks):
+            assert torch.allclose(model(x), masked, atol=1e-5)
+    model.train()
+    step._score_step(x, y, groups)
+    for score, mask in zip(step.scores, channel_masks):
+        assert score.grad[mask == 0].abs().max() > 0
+
+
+def test_a_masked_channels_score_gradient_is_the_derivative_in_a_gate_on_its_unmasked_activation():
+    """<dL/da_c, a_c>: the derivative at t = 0+ (bringing the channel back) of the loss with channel c
+    unmasked and its ReLU output scaled by t, by forward differences in float64. (Left of 0 max pooling
+    picks another element: the loss has a kink there.)"""
+    model, method, step, (x, y, groups) = structured_step("small_cnn")
+    model.double()
+    step.scores[:] = [s.double().detach().requires_grad_() for s in step.scores]
+    conv = model.net[0]
+    group = next(group for (layer, _), (group, _) in zip(method.layout.targets, method.layout.gated) if layer is conv)
+    mask = method.layout.channel_masks(method.layout.scores)[group]
+    step._score_step(x.double(), y, groups)
+    gradients = step.scores[group].grad.detach().clone()
+    gradients[mask == 1] = 0
+    channel = int(gradients.abs().argmax())  # a masked channel (some are dead units: <dL/da, 0> = 0)
+    gradient = float(gradients[channel])
+
+    step.refresh_masks()
+    with torch.no_grad():
+        conv.weight_mask[channel], conv.bias_mask[channel] = 1, 1
+    scale = torch.ones(32, dtype=torch.float64)
+    model.net[1].register_forward_hook(lambda _m, _i, out: out * scale.view(1, -1, 1, 1))
+
+    def loss(t):
+        scale[channel] = t
+        with torch.no_grad():
+            return float(nn.functional.cross_entropy(model(x.double()), y))
+
+    assert gradient != 0 and gradient == pytest.approx((loss(1e-7) - loss(0.0)) / 1e-7, rel=1e-4)
 
 
 def test_collapse_guard_stops_when_a_class_predicted_after_pruning_is_no_longer_predicted():

@@ -24,10 +24,15 @@ on the training batch.
 each Torch-Pruning dependency group (the channels a residual addition couples share one score); a
 channel's mask zeroes its filters, biases and BatchNorm affine parameters, so its activation is
 exactly zero, and at the end the masked channels are removed through the same dependency graph as
-FPGM: the exported, physically smaller model computes what the masked one did.
+FPGM: the exported, physically smaller model computes what the masked one did. A masked channel's
+pre-activation is exactly 0, where ReLU passes no gradient, so its score could never rise again: in
+the score step a channel that an activation module follows is instead gated after that activation
+(`ActivationGates`: parameters unmasked, output times the 0/1 channel mask, the same forward), and
+its score gradient is <df/da_c, a_c> of the unmasked channel's activation a_c.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import cooper
@@ -69,15 +74,20 @@ class ChannelScores:
     each group channel gates: the filters (dim 0) of its convolutions and linear layers, their
     biases, and its BatchNorm weights and biases."""
 
-    def __init__(self, targets, gated, scores: list[torch.Tensor], keeps: list[int]):
-        self.targets, self.gated, self.scores, self.keeps = targets, gated, scores, keeps
+    def __init__(self, targets, gated, scores: list[torch.Tensor], keeps: list[int],
+                 gates: "ActivationGates | None" = None):
+        self.targets, self.gated, self.scores, self.keeps, self.gates = targets, gated, scores, keeps, gates
 
-    def masks(self, scores: list[torch.Tensor]) -> list[torch.Tensor]:
+    def channel_masks(self, scores: list[torch.Tensor]) -> list[torch.Tensor]:
         channel_masks = []
         for score, keep in zip(scores, self.keeps):
             mask = torch.zeros_like(score)
             mask[torch.topk(score, keep).indices] = 1
             channel_masks.append(mask)
+        return channel_masks
+
+    def masks(self, scores: list[torch.Tensor]) -> list[torch.Tensor]:
+        channel_masks = self.channel_masks(scores)
         masks = []
         for (module, name), (group, channels) in zip(self.targets, self.gated):
             param = getattr(module, f"{name}_orig", None)
@@ -92,6 +102,107 @@ class ChannelScores:
         for g, (group, channels) in zip(per_weight, self.gated):
             grads[group] += g.flatten(1).sum(dim=1)[channels] if g.dim() > 1 else g[channels]
         return grads
+
+
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardtanh)
+# Channel-wise and parameter-free, like an activation; a gate after max pooling rather than before it,
+# where all-zero windows would route the gradient to an arbitrary (the first) element.
+CHANNELWISE = ACTIVATIONS + (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+
+class ActivationGates:
+    """Gates where a dependency group's channels leave the group, for the score step.
+
+    The points are the outputs of the layers and activation modules, per call in forward order (a
+    ResNet block calls its ReLU twice, for two groups), traced once through the autograd graph: a
+    layer's point belongs to the layer's group, an activation's (or pooling's) to the group of the
+    points it reads. A point is gated when a layer of another group (or the classifier) reads it:
+    after the last activation (or pooling) of a conv-BN-ReLU chain, after MobileNetV2's depthwise stage but not its expansion
+    (two gates in series, both 0, would block each other's gradient), after a linear bottleneck's
+    BatchNorm. Inside `applied` the parameters of the gated groups are unmasked and each gated point
+    is multiplied by a leaf holding its group's 0/1 channel mask: the forward is the masked model's,
+    and the gradient with respect to the gate is <df/da_c, a_c> of the unmasked channel's output a_c,
+    where the masked parameters' gradient would stop at ReLU's zero derivative."""
+
+    LAYERS = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+    def __init__(self, model: nn.Module, targets, gated, input_shape):
+        producers = {}  # a target layer -> (its group, its dim-0 index of each group channel)
+        for (layer, name), (group, channels) in zip(targets, gated):
+            if name == "weight":
+                producers[layer] = (group, channels)
+        points, handles = [], []
+        for module in model.modules():
+            if isinstance(module, self.LAYERS + CHANNELWISE):
+                handles.append(module.register_forward_hook(
+                    lambda module, _, out: points.append((module, out.grad_fn))))
+        try:
+            was_training = model.training
+            with torch.enable_grad():
+                model.eval()(torch.rand(2, *input_shape, device=next(model.parameters()).device))
+            model.train(was_training)
+        finally:
+            for handle in handles:
+                handle.remove()
+        index = {node: i for i, (_, node) in enumerate(points)}
+        owner = []  # per point: (group, channels) or None
+        readers = [set() for _ in points]
+        for i, (module, node) in enumerate(points):
+            behind = self._points_behind(node, index)
+            for j in behind:
+                readers[j].add(i)
+            if isinstance(module, CHANNELWISE):
+                owner.append(next((owner[j] for j in sorted(behind) if owner[j] is not None), None))
+            else:
+                owner.append(producers.get(module))
+        group_of = [None if entry is None else entry[0] for entry in owner]
+        self.calls: dict[nn.Module, list] = {}  # module -> per call in forward order: (group, channels) or None
+        for i, (module, _) in enumerate(points):
+            leaves = any(group_of[r] != group_of[i] for r in readers[i])
+            self.calls.setdefault(module, []).append(owner[i] if owner[i] is not None and leaves else None)
+        self.calls = {m: entries for m, entries in self.calls.items() if any(entries)}
+        self.groups = {entry[0] for entries in self.calls.values() for entry in entries if entry is not None}
+        self.targets = [i for i, (group, _) in enumerate(gated) if group in self.groups]
+
+    @staticmethod
+    def _points_behind(grad_fn, index: dict, depth: int = 8) -> set[int]:
+        """The points whose outputs reach `grad_fn` without passing another point."""
+        found, frontier = set(), [f for f, _ in (grad_fn.next_functions if grad_fn is not None else ()) if f]
+        for _ in range(depth):
+            found |= {index[node] for node in frontier if node in index}
+            frontier = [f for node in frontier if node not in index for f, _ in node.next_functions if f]
+        return found
+
+    @contextlib.contextmanager
+    def applied(self, mask_buffers: list[torch.Tensor], channel_masks: list[torch.Tensor]):
+        """Yield one gate leaf per group (None for an ungated group) while the gates are in place."""
+        gates = [mask.detach().clone().requires_grad_() if group in self.groups else None
+                 for group, mask in enumerate(channel_masks)]
+        saved = [mask_buffers[i].clone() for i in self.targets]
+        for i in self.targets:
+            mask_buffers[i].fill_(1)
+        position = {}
+
+        def gate(module, _, out):
+            call = position.get(module, 0)
+            position[module] = call + 1
+            entry = self.calls[module][call % len(self.calls[module])]
+            if entry is None:
+                return out
+            group, channels = entry
+            scale = torch.ones(out.shape[1], device=out.device, dtype=gates[group].dtype)
+            scale = scale.index_put((channels.to(out.device),), gates[group])
+            return out * scale.view(1, -1, *[1] * (out.dim() - 2)).to(out.dtype)
+
+        handles = [module.register_forward_hook(gate) for module in self.calls]
+        try:
+            yield gates
+        finally:
+            for handle in handles:
+                handle.remove()
+            with torch.no_grad():
+                for i, mask in zip(self.targets, saved):
+                    mask_buffers[i].copy_(mask)
 
 
 class BifpUnstructured(PruningMethod):
@@ -196,7 +307,7 @@ class BifpStructured(BifpUnstructured):
                         magnitude = magnitude + param.detach()[channels].abs().flatten(1).sum(dim=1)
                         count += param[0].numel()
             scores.append(self.initial_scores(magnitude / count, ctx.seed + index))
-        return ChannelScores(targets, gated, scores, keeps)
+        return ChannelScores(targets, gated, scores, keeps, ActivationGates(model, targets, gated, ctx.data.input_shape))
 
     @staticmethod
     def dependency_graph(model: nn.Module, input_shape) -> tp.DependencyGraph:
@@ -323,36 +434,47 @@ class BifpStep:
         self.model.train(was_training)
         return self._violations(logits, y, groups)
 
-    def _level_gradients(self, logits, y, groups) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _level_gradients(self, logits, y, groups, gates: list[torch.Tensor]):
         """d/dz of the upper-level loss f = l + lambda_m F and of the lower-level g = l + lambda_w F at
-        z = m * theta. One backward when the two coincide (lambda_w = lambda_m, the Lagrangian variant,
-        or no implicit-gradient term); otherwise the gradients of l and F, combined."""
+        z = m * theta, and df/d(gate) for each activation gate. One backward when the two levels
+        coincide (lambda_w = lambda_m, the Lagrangian variant, or no implicit-gradient term); otherwise
+        the gradients of l and F, combined."""
         masked = [getattr(m, n) for m, n in self.layout.targets]  # the pruning hooks' m * theta of this forward
+        count = len(masked)
         lambda_m, lambda_w = self.bifp.lambda_m, self.bifp.lambda_w
         if self.multiplier is not None or lambda_m == lambda_w or self.bifp.ig_scale == 0:
             loss, task, _ = self._objective(logits, y, groups, lambda_m)
-            upper = [g.float() for g in torch.autograd.grad(loss, masked)]
-            return upper, upper, task
+            upper = [g.float() for g in torch.autograd.grad(loss, masked + gates)]
+            return upper[:count], upper[:count], upper[count:], task
         task = F.cross_entropy(logits.float(), y)
         penalty = parity_penalty(logits, y, groups, self.num_groups, self.bifp.surrogate)
-        task_grads = torch.autograd.grad(task, masked, retain_graph=True)
-        penalty_grads = torch.autograd.grad(penalty, masked)
-        upper = torch._foreach_add([g.float() for g in task_grads], [g.float() for g in penalty_grads], alpha=lambda_m)
-        lower = torch._foreach_add([g.float() for g in task_grads], [g.float() for g in penalty_grads], alpha=lambda_w)
-        return upper, lower, task
+        task_grads = [g.float() for g in torch.autograd.grad(task, masked + gates, retain_graph=True)]
+        penalty_grads = [g.float() for g in torch.autograd.grad(penalty, masked + gates)]
+        upper = torch._foreach_add(task_grads, penalty_grads, alpha=lambda_m)
+        lower = torch._foreach_add(task_grads[:count], penalty_grads[:count], alpha=lambda_w)
+        return upper[:count], lower, upper[count:], task
 
     def _score_step(self, x, y, groups):
-        with autocast(self.device):
-            logits = self.model(x)
-        upper, lower, task = self._level_gradients(logits, y, groups)
+        gates = getattr(self.layout, "gates", None)
+        with contextlib.ExitStack() as stack:
+            gate_leaves = [] if gates is None else stack.enter_context(gates.applied(
+                self._pruning_tensors("mask"), self.layout.channel_masks([s.detach() for s in self.scores])))
+            present = [g for g in gate_leaves if g is not None]
+            with autocast(self.device):
+                logits = self.model(x)
+            upper, lower, gate_grads, task = self._level_gradients(logits, y, groups, present)
         with torch.no_grad():
             thetas, masks = self._pruning_tensors("orig"), self._pruning_tensors("mask")
+            if gates is not None:  # a gated channel's straight-through term is its gate's gradient
+                thetas = [torch.zeros_like(t) if i in gates.targets else t for i, t in enumerate(thetas)]
             # grad_z f * theta - ig_scale * grad_z g * (grad_z f * mask), with grad_theta f = grad_z f * mask:
             # two multi-tensor kernels, not two per layer (launch-bound GPUs)
             per_weight = torch._foreach_addcmul(thetas, lower, masks, value=-self.bifp.ig_scale)
             torch._foreach_mul_(per_weight, upper)
-            for score, grad in zip(self.scores, self.layout.score_grads(per_weight)):
-                score.grad = grad.to(score.dtype)
+            score_grads = self.layout.score_grads(per_weight)
+            gate_grads = iter(gate_grads)
+            for score, grad, leaf in zip(self.scores, score_grads, gate_leaves or [None] * len(self.scores)):
+                score.grad = (grad if leaf is None else grad + next(gate_grads)).to(score.dtype)
             self.score_optimizer.step()
             self.refresh_masks()
         return task.detach(), logits.detach()
