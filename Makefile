@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install params run run-parallel tune test test-slow bench clean-outputs
+.PHONY: install params run run-parallel tune test test-slow bench results clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ tune: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Every generated table in docs/ from the committed results/ (tests/test_results_docs.py checks them).
+results: install
+	$(BIN)/python -m fairprune.results docs
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow

@@ -10,6 +10,7 @@ from fairprune.evaluation import evaluate_split
 from fairprune.fairness import fairness_gaps, undefined_gaps
 from fairprune.fairness.surrogate import surrogate_excess
 from fairprune.pruning import measure_sparsity
+from fairprune.statistics import pack_correct
 from fairprune.stage import run
 
 
@@ -34,6 +35,7 @@ def metrics_record(run_name, method, sparsity, seed, split, model, preds, dense_
                                       len(preds.group_names), surrogate)
     for name, error in zip(preds.group_names, errors.tolist()):
         groups[name]["surrogate_error"] = error
+    correct = preds.y_true == preds.y_pred  # per sample, in split order within each group: paired bootstrap
     return {
         "run": run_name, "method": method, "sparsity": sparsity, "seed": seed, "split": split,
         "sparsity_actual": size["sparsity_actual"], "params_total": size["params_total"],
@@ -41,6 +43,7 @@ def metrics_record(run_name, method, sparsity, seed, split, model, preds, dense_
         "groups": groups, "fairness": {**fairness_gaps(stats, dense_stats), "surrogate_excess": excess},
         "fairness_undefined": undefined_gaps(stats, dense_stats),
         "cost": {key: (prune_record or {}).get(key) for key in COST_KEYS},
+        "correct": {name: pack_correct(correct[preds.group == g]) for g, name in enumerate(preds.group_names)},
     }
 
 
