@@ -182,3 +182,43 @@ def test_group_missing_from_a_split_is_a_params_error(tmp_path):
         prepare(DataParams(dataset="manifest", root=str(csv_path), image_size=8))
     err = info.value
     assert err.key == "data.group" and "['c']" in str(err) and "'val'" in str(err)
+
+
+def test_intersectional_groups_from_utkface_race_and_gender(utk_tar):
+    raw = utkface.load(utk_tar[0], target="race", group=["race", "gender"], size=8, age_bins=[20, 40, 60])
+    assert raw.group_names[:3] == ["White/male", "White/female", "Black/male"] and len(raw.group_names) == 10
+    assert np.bincount(raw.groups).tolist() == [12] * 10
+    names = [(utkface.RACES[r], utkface.GENDERS[g]) for r, g in
+             (utkface.parse_name(n)[2:0:-1] for n in sorted(p.name for p in utk_tar[1].glob("*.jpg"))
+              if utkface.parse_name(n))]
+    assert sorted("/".join(n) for n in names) == sorted(raw.group_names[g] for g in raw.groups)
+
+
+def test_intersectional_groups_from_celeba_attributes(celeba_root):
+    root, values = celeba_root
+    raw = celeba.load(root, target="Blond_Hair", group=["Male", "Young"], size=8)
+    male, young = CELEBA_ATTRIBUTES.index("Male"), CELEBA_ATTRIBUTES.index("Young")
+    expected = [f"{'Male' if m == 1 else 'Female'}/{'Young' if y == 1 else 'not_Young'}"
+                for m, y in values[:40, [male, young]]]
+    assert [raw.group_names[g] for g in raw.groups] == expected
+
+
+def test_intersectional_groups_from_several_manifest_columns(tmp_path):
+    csv_path = write_manifest(tmp_path, with_split=True)
+    rows = csv_path.read_text().splitlines()
+    rows = ["path,target,site,sex,split"] + [
+        ",".join(r.split(",")[:2] + [r.split(",")[2], "f" if i % 2 else "m", r.split(",")[3]])
+        for i, r in enumerate(rows[1:])]
+    csv_path.write_text("\n".join(rows) + "\n")
+    raw = manifest.load(csv_path, 8, group=["site", "sex"])
+    assert raw.group_names == ["a/f", "a/m", "b/f", "b/m"] and np.bincount(raw.groups).tolist() == [10] * 4
+    with pytest.raises(DataError, match="lacks column.*'group'.*path,target,group"):
+        manifest.load(csv_path, 8)
+
+
+def test_group_list_is_validated():
+    assert DataParams(dataset="utkface", root="x", target="race", group=["race", "gender"]).group == ["race", "gender"]
+    with pytest.raises(ValueError, match="data.group.*distinct"):
+        DataParams(dataset="utkface", root="x", group=["race", "race"])
+    with pytest.raises(ValueError, match="data.group.*skin.*race, gender, age"):
+        DataParams(dataset="utkface", root="x", group=["race", "skin"])

@@ -80,7 +80,7 @@ class DataParams(_Section):
     root: str | None = None
     image_root: str | None = None  # manifest only: the folder its image paths are relative to (and confined in); null: the CSV's
     target: str | None = None
-    group: str | None = None
+    group: str | list[str] | None = None  # a list: intersectional groups (race x gender -> 'White/female')
     image_size: int | None = Field(default=None, ge=4, le=512)
     val_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
@@ -105,9 +105,11 @@ class DataParams(_Section):
             self.target = default_target
         if self.group is None:
             self.group = default_group
+        if isinstance(self.group, list) and (not self.group or len(set(self.group)) != len(self.group)):
+            raise ParamsError("data.group", self.group, "one attribute, or a list of distinct attributes")
         if allowed is not None:
-            for key in ("target", "group"):
-                value = getattr(self, key)
+            for key, value in [("target", self.target)] + [("group", g) for g in
+                                                          ([self.group] if isinstance(self.group, str) else self.group)]:
                 if value not in allowed:
                     raise ParamsError(
                         f"data.{key}", value, f"one of the {self.dataset} attributes: {', '.join(allowed)}"

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fairprune.data.images import decode
-from fairprune.data.raw import RawDataset, binary_names
+from fairprune.data.raw import RawDataset, attribute_list, binary_names, intersect
 from fairprune.errors import DataError
 
 ATTR_FILE = "list_attr_celeba.txt"
@@ -57,13 +57,14 @@ def _image_source(root: Path, stack: ExitStack):
                     "holding img_align_celeba.zip (or img_align_celeba/) and the annotation files")
 
 
-def load(root: str | Path, target: str, group: str, size: int) -> RawDataset:
+def load(root: str | Path, target: str, group: str | list[str], size: int) -> RawDataset:
     root = Path(root)
     for name in (ATTR_FILE, PARTITION_FILE):
         if not (root / name).exists():
             raise DataError(f"{root / name} is missing; data.root must be the official CelebA folder "
                             f"with {ATTR_FILE} and {PARTITION_FILE}")
-    attributes = read_attributes(root / ATTR_FILE, [target, group])
+    group = attribute_list(group)
+    attributes = read_attributes(root / ATTR_FILE, [target, *group])
     partition = read_partition(root / PARTITION_FILE)
     with ExitStack() as stack:
         present, opener = _image_source(root, stack)
@@ -75,8 +76,9 @@ def load(root: str | Path, target: str, group: str, size: int) -> RawDataset:
             with opener(name) as handle:
                 images.append(decode(handle, size))
     labels = np.asarray([attributes[n] for n in usable], dtype=np.int64)
+    groups, group_names = intersect(list(labels[:, 1:].T), [binary_names(a) for a in group])
     return RawDataset(
-        np.stack(images), labels[:, 0], labels[:, 1], binary_names(target), binary_names(group),
+        np.stack(images), labels[:, 0], groups, binary_names(target), group_names,
         split=np.asarray([partition[n] for n in usable], dtype=np.int8),
         info={"source": str(root), "images_present": len(present), "images_used": len(usable),
               "annotated_total": len(attributes)},

@@ -4,7 +4,8 @@ Paths are relative to the CSV's folder (or to `data.image_root` when set) and mu
 it: an absolute path, a `..` that climbs out or a symbolic link that points out is refused with
 its CSV line, so a manifest cannot make the pipeline read (and log) arbitrary files.
 target and group are free-form labels (strings or numbers); split, where given, is one of
-train/val/test for every row.
+train/val/test for every row. `data.group` may name other group columns, or several (a list:
+intersectional groups such as 'White/female').
 """
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import numpy as np
 from tqdm import tqdm
 
 from fairprune.data.images import decode
-from fairprune.data.raw import SPLITS, RawDataset
+from fairprune.data.raw import SPLITS, RawDataset, attribute_list, intersect
 from fairprune.errors import DataError
 
-REQUIRED = ("path", "target", "group")
+REQUIRED = ("path", "target")
 
 
 def _codes(values: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -40,7 +41,8 @@ def confined(root: Path, relative: str, where: str) -> Path:
     return path
 
 
-def load(csv_path: str | Path, size: int, image_root: str | Path | None = None) -> RawDataset:
+def load(csv_path: str | Path, size: int, image_root: str | Path | None = None,
+         group: str | list[str] = "group") -> RawDataset:
     csv_path = Path(csv_path)
     root = Path(image_root if image_root is not None else csv_path.parent).resolve()
     if not csv_path.is_file():
@@ -48,9 +50,10 @@ def load(csv_path: str | Path, size: int, image_root: str | Path | None = None) 
     with open(csv_path, newline="") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
-        missing = [c for c in REQUIRED if c not in columns]
+        group = attribute_list(group)
+        missing = [c for c in (*REQUIRED, *group) if c not in columns]
         if missing:
-            raise DataError(f"{csv_path} lacks column(s) {missing}; the header must be path,target,group[,split] "
+            raise DataError(f"{csv_path} lacks column(s) {missing}; the header must be path,target,{','.join(group)}[,split] "
                             f"(found: {','.join(columns)})")
         rows = list(reader)
     if not rows:
@@ -68,7 +71,7 @@ def load(csv_path: str | Path, size: int, image_root: str | Path | None = None) 
         except OSError as exc:
             raise DataError(f"{csv_path}:{line}: cannot decode '{row['path']}': {exc}") from None
     targets, target_names = _codes([r["target"] for r in rows])
-    groups, group_names = _codes([r["group"] for r in rows])
+    groups, group_names = intersect(*zip(*(_codes([r[column] for r in rows]) for column in group)))
     split = np.asarray([SPLITS.index(r["split"]) for r in rows], dtype=np.int8) if has_split else None
     return RawDataset(np.stack(images), targets, groups, target_names, group_names, split=split,
                       info={"source": str(csv_path)})

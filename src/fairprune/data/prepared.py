@@ -96,7 +96,7 @@ def load_raw(params: DataParams) -> RawDataset:
         raw = torchvision_sets.load(params.dataset, params.root, params.download)
     else:
         from fairprune.data import manifest
-        raw = manifest.load(params.root, size, params.image_root)
+        raw = manifest.load(params.root, size, params.image_root, params.group)
     raw.images = resize_batch(raw.images, size)
     return raw
 

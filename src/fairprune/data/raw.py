@@ -34,3 +34,19 @@ def binary_names(attribute: str) -> list[str]:
     if attribute == "Male":
         return ["Female", "Male"]
     return [f"not_{attribute}", attribute]
+
+
+def attribute_list(group: str | list[str]) -> list[str]:
+    return [group] if isinstance(group, str) else list(group)
+
+
+def intersect(codes: list[np.ndarray], names: list[list[str]]) -> tuple[np.ndarray, list[str]]:
+    """Intersectional groups from several attributes: one group per combination present, named
+    'White/female', in the order of the attributes' own codes (first attribute major)."""
+    if len(codes) == 1:
+        return np.asarray(codes[0], dtype=np.int64), list(names[0])
+    combined = np.ravel_multi_index([np.asarray(c, dtype=np.int64) for c in codes], [len(n) for n in names])
+    present, groups = np.unique(combined, return_inverse=True)
+    labels = ["/".join(n[i] for n, i in zip(names, index))
+              for index in zip(*np.unravel_index(present, [len(n) for n in names]))]
+    return groups.astype(np.int64), labels

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fairprune.data.images import decode
-from fairprune.data.raw import RawDataset
+from fairprune.data.raw import RawDataset, attribute_list, intersect
 from fairprune.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def _members(root: Path):
                         "point it at UTKFace.tar.gz or at the extracted UTKFace/ folder")
 
 
-def load(root: str | Path, target: str, group: str, size: int, age_bins: list[int]) -> RawDataset:
+def load(root: str | Path, target: str, group: str | list[str], size: int, age_bins: list[int]) -> RawDataset:
     root = Path(root)
     if not root.exists():
         raise DataError(f"data.root = '{root}' does not exist; point it at UTKFace.tar.gz "
@@ -88,7 +88,7 @@ def load(root: str | Path, target: str, group: str, size: int, age_bins: list[in
         raise DataError(f"no UTKFace images with official names found under '{root}'")
     values = np.asarray(labels, dtype=np.int64)
     targets, target_names = _attribute(values, target, age_bins)
-    groups, group_names = _attribute(values, group, age_bins)
+    groups, group_names = intersect(*zip(*(_attribute(values, a, age_bins) for a in attribute_list(group))))
     return RawDataset(np.stack(images), targets, groups, target_names, group_names,
                       info={"source": str(root), "skipped_malformed": len(skipped),
                             "skipped_examples": skipped[:10]})
