@@ -104,12 +104,17 @@ def brute_force_greedy(importance: np.ndarray, keep: int) -> np.ndarray:
     return mask
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_fairgrape_greedy_matches_the_brute_force_greedy_on_a_tiny_layer(seed):
+    """Importance is float32 as the scoring computes it; seeds 6 and 7 have many exact ties (dead
+    weights at 0, a few levels), which both break toward the lower weight index."""
     rng = np.random.default_rng(seed)
     groups, n = [2, 3, 5][seed % 3], 300
     base = rng.random(n) ** 3
     importance = base[None, :] * rng.random((groups, n)) * rng.random((groups, 1)) * 5  # correlated, skewed groups
+    if seed >= 6:
+        importance = rng.integers(0, 3, size=(groups, n)).astype(float)
+    importance = importance.astype(np.float32)
     candidates = np.sort(rng.choice(n, size=200, replace=False))  # weights still kept before this round
     keep = [1, 37, 120, 200][seed % 4]
     mask = greedy_keep(importance, candidates, keep)
