@@ -18,12 +18,11 @@ VALIDATION = re.compile(r"<!-- validation: (\S+) -->\n(.*?)<!-- end validation -
 
 def test_every_table_in_the_results_page_is_what_the_generator_prints(monkeypatch):
     monkeypatch.chdir(REPO)
-    page = (REPO / "docs" / "results.md").read_text()
-    blocks = BLOCK.findall(page)
-    for name, quoted in blocks:
-        assert (REPO / "results" / name / "eval").is_dir(), f"docs/results.md quotes results/{name}, which is missing"
-        assert quoted == results.table(name), f"docs/results.md's table for {name} is stale: regenerate it"
+    assert BLOCK.findall((REPO / "docs" / "results.md").read_text())
     for page in sorted((REPO / "docs").glob("*.md")):
+        for name, quoted in BLOCK.findall(page.read_text()):
+            assert (REPO / "results" / name / "eval").is_dir(), f"{page.name} quotes results/{name}, which is missing"
+            assert quoted == results.table(name), f"{page.name}'s table for {name} is stale: run `make results`"
         for name, quoted in VALIDATION.findall(page.read_text()):
             assert quoted == results.validation(name), f"{page.name}'s validation table for {name} is stale"
 

@@ -92,8 +92,13 @@ def test_holm_on_a_hand_example():
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
 
 
-def test_smallest_detectable_difference_uses_the_smallest_group():
+def test_smallest_detectable_difference_is_the_largest_over_groups():
+    """Group b: p = 0.8, n = 100 -> d solves 2.8016 * sqrt((0.16 + (0.8 - d)(0.2 + d)) / 100) = d, about
+    0.165; group a (p = 1, n = 400) -> d = z^2 / (n + z^2), about 0.019. Not 0 where p = 1."""
     base = [np.ones(400, bool), np.array([1] * 80 + [0] * 20, bool)]
     group, difference = Bootstrap([record("dense", 0.0, 0, base)], n_boot=50).smallest_detectable_difference()
-    # (1.96 + 0.84) * sqrt(2 * 0.8 * 0.2 / 100)
-    assert group == "b" and difference == pytest.approx(2.8016 * np.sqrt(0.0032), rel=1e-3)
+    z = 2.8016
+    assert group == "b"
+    assert z * np.sqrt((0.16 + (0.8 - difference) * (0.2 + difference)) / 100) == pytest.approx(difference, rel=1e-3)
+    only_a = Bootstrap([record("dense", 0.0, 0, [np.ones(400, bool), np.ones(400, bool)])], n_boot=50)
+    assert only_a.smallest_detectable_difference()[1] == pytest.approx(z ** 2 / (400 + z ** 2), rel=1e-3)
