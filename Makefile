@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install params run run-parallel tune test test-slow bench results clean-outputs
+.PHONY: install params run run-parallel tune protocol test test-slow bench results clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ tune: install
 	$(BIN)/fairprune-params check params.yaml
 	$(BIN)/python -m fairprune.tracking
 	FAIRPRUNE_TUNE_WORKERS=$(WORKERS) $(BIN)/dvc repro tune
+
+# A named benchmark (configs/bench_*.yaml) end to end: the tune stage chooses the fair arm's step and
+# tolerance on validation, its choice is merged in, the matrix runs JOBS stages at a time and is
+# evaluated once on test, and its metrics land in results/<config name>/.
+protocol: params
+	$(if $(CONFIG),,$(error give CONFIG=configs/bench_<name>.yaml))
+	$(BIN)/dvc repro tune
+	$(BIN)/fairprune-params apply reports/tune/chosen.yaml
+	$(BIN)/python -m fairprune.parallel --jobs $(or $(JOBS),2) evaluate
+	$(BIN)/python -m fairprune.results collect $(basename $(notdir $(CONFIG))) --config $(CONFIG) --config reports/tune/chosen.yaml
 
 test: install
 	$(BIN)/python -m pytest

@@ -151,3 +151,14 @@ def test_tune_searches_nested_bifp_settings():
     assert error_for({"tune": {"search": {"prune.bifp.lambda_w": {"low": -1, "high": 1}}}}).key == \
         "tune.search.prune.bifp.lambda_w"
     assert error_for({"tune": {"method": "bifp_no_fair"}}).key == "tune.method"
+
+
+def test_a_configurations_tune_search_replaces_the_base_search_whole():
+    from fairprune.config import merge_into
+
+    base = {"tune": {"search": {"finetune.lr": {"low": 1e-3, "high": 0.1}, "mitigation.tolerance": {"low": 0, "high": 1}},
+                     "trials": 16}, "prune": {"bifp": {"lambda_w": 1.0, "lambda_m": 1.0}}}
+    merge_into(base, {"tune": {"search": {"mitigation.tolerance": {"low": 0.0, "high": 0.05}}, "trials": 12},
+                      "prune": {"bifp": {"lambda_w": 2.0}}})
+    assert base["tune"] == {"search": {"mitigation.tolerance": {"low": 0.0, "high": 0.05}}, "trials": 12}
+    assert base["prune"]["bifp"] == {"lambda_w": 2.0, "lambda_m": 1.0}  # elsewhere, still a deep merge

@@ -566,11 +566,16 @@ def _styled_like(old, new):
     return new
 
 
-def merge_into(base, override: dict) -> None:
-    """Deep-merge `override` into the mapping `base` in place; an empty mapping replaces (`sweeps: {}`)."""
+REPLACED_WHOLE = {("tune", "search")}  # a search space is one choice: a configuration's replaces the base's
+
+
+def merge_into(base, override: dict, path: tuple[str, ...] = ()) -> None:
+    """Deep-merge `override` into the mapping `base` in place; an empty mapping replaces (`sweeps: {}`),
+    and so does any mapping at a path in REPLACED_WHOLE (`tune.search`)."""
     for key, value in override.items():
-        if isinstance(value, dict) and value and isinstance(base.get(key), dict):
-            merge_into(base[key], value)
+        where = (*path, key)
+        if isinstance(value, dict) and value and isinstance(base.get(key), dict) and where not in REPLACED_WHOLE:
+            merge_into(base[key], value, where)
         else:
             base[key] = _styled_like(base.get(key), value)
 
