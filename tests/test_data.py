@@ -222,3 +222,22 @@ def test_group_list_is_validated():
         DataParams(dataset="utkface", root="x", group=["race", "race"])
     with pytest.raises(ValueError, match="data.group.*skin.*race, gender, age"):
         DataParams(dataset="utkface", root="x", group=["race", "skin"])
+
+
+def test_manifest_from_a_spreadsheet_export(tmp_path):
+    """A byte-order mark is accepted; ';' separators, blank and space-padded labels are refused with
+    what was found and the CSV line."""
+    csv_path = write_manifest(tmp_path, with_split=False)
+    text = csv_path.read_text()
+    csv_path.write_text("\ufeff" + text, encoding="utf-8")
+    assert manifest.load(csv_path, 8).group_names == ["a", "b"]
+    csv_path.write_text(text.replace(",", ";"))
+    with pytest.raises(DataError, match="separated by ';'.*comma"):
+        manifest.load(csv_path, 8)
+    lines = text.splitlines()
+    csv_path.write_text("\n".join(lines[:3] + [lines[3].replace(",cat,", ", cat,").replace(",dog,", ", dog,")] + lines[4:]))
+    with pytest.raises(DataError, match=r"data.csv:4: the target label ' (cat|dog)' has leading or trailing spaces"):
+        manifest.load(csv_path, 8)
+    csv_path.write_text("\n".join(lines[:5] + [lines[5].rsplit(",", 1)[0] + ","] + lines[6:]))
+    with pytest.raises(DataError, match="data.csv:6: the group cell is blank"):
+        manifest.load(csv_path, 8)

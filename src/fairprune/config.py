@@ -208,7 +208,7 @@ class FinetuneParams(OptimParams):
 
 
 class BifpParams(_Section):
-    """BiFP (bi-level fair pruning, METHODS.md section 4): mask scores and weights trained together
+    """BiFP (bi-level fair pruning, docs/bifp.md): mask scores and weights trained together
     during the fine-tuning epochs."""
 
     inner_steps: int = Field(default=1, ge=1)  # K weight steps (mask fixed) per score step (weights fixed)

@@ -102,7 +102,7 @@ class Bootstrap:
         return np.nanmax(acc, axis=-1) - np.nanmin(acc, axis=-1)
 
     def worst_excess_drop(self, acc: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        """max over groups of psi_a = (dense_a - acc_a) - (dense - acc) (METHODS.md section 6)."""
+        """max over groups of psi_a = (dense_a - acc_a) - (dense - acc) (docs/methods.md, CEAG)."""
         psi = (dense - acc) - (self.overall(dense) - self.overall(acc))[..., None]
         return np.nanmax(psi, axis=-1)
 

@@ -47,11 +47,16 @@ def load(csv_path: str | Path, size: int, image_root: str | Path | None = None,
     root = Path(image_root if image_root is not None else csv_path.parent).resolve()
     if not csv_path.is_file():
         raise DataError(f"data.root = '{csv_path}' is not a file; point it at a CSV with columns path,target,group[,split]")
-    with open(csv_path, newline="") as handle:
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         group = attribute_list(group)
         missing = [c for c in (*REQUIRED, *group) if c not in columns]
+        if missing and len(columns) == 1:
+            found = next((sep for sep in ";\t|" if sep in columns[0]), None)
+            if found is not None:
+                raise DataError(f"{csv_path}: the header '{columns[0]}' is separated by {found!r}, not commas; "
+                                f"save the CSV with comma separators (a spreadsheet's 'CSV UTF-8 (comma delimited)')")
         if missing:
             raise DataError(f"{csv_path} lacks column(s) {missing}; the header must be path,target,{','.join(group)}[,split] "
                             f"(found: {','.join(columns)})")
@@ -60,6 +65,14 @@ def load(csv_path: str | Path, size: int, image_root: str | Path | None = None,
         raise DataError(f"{csv_path} has a header but no rows")
     has_split = "split" in columns
     images = []
+    for line, row in enumerate(rows, start=2):
+        for column in ("target", *group):
+            value = row[column]
+            if value is None or not value.strip():
+                raise DataError(f"{csv_path}:{line}: the {column} cell is blank; every row needs a {column} label")
+            if value != value.strip():
+                raise DataError(f"{csv_path}:{line}: the {column} label {value!r} has leading or trailing spaces "
+                                f"(it would be a class of its own); remove them")
     for line, row in enumerate(tqdm(rows, desc="manifest", unit="img", mininterval=2), start=2):
         path = confined(root, row["path"], f"{csv_path}:{line}")
         if not path.is_file():

@@ -1,4 +1,4 @@
-"""Tran et al.'s mitigation (METHODS.md section 3): constrained ERM solved by Lagrangian duality.
+"""Tran et al.'s mitigation (docs/methods.md, first section): constrained ERM solved by Lagrangian duality.
 
 relaxed (Eq. 8):   min J(theta; D)  s.t.  J(theta; D_a) - J(theta; D) = 0                      for every group a
 full (feasible):   additionally  (G_a - G) / G_0 and (B_a - B) / B_0 within +-full_tolerance (G_0, B_0: first step)

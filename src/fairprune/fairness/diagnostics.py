@@ -1,4 +1,4 @@
-"""Tran et al.'s diagnostics (METHODS.md section 2): why a pruned model is unfair to a group.
+"""Tran et al.'s diagnostics (docs/methods.md, first section): why a pruned model is unfair to a group.
 
 Per group `a`, on a seeded sample of its training data: size, accuracy, loss, the gradient norm
 ||grad J(theta; D_a)||, the Hessian's top eigenvalue by power iteration on Hessian-vector

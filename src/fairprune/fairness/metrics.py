@@ -1,4 +1,4 @@
-"""Per-group metrics and the fairness gaps of METHODS.md section 1.
+"""Per-group metrics and the fairness gaps of docs/methods.md.
 
 Everything is computed from per-sample arrays (target, prediction, loss, group) with
 bincount, never with a loop over groups. A group with no sample gets n = 0 and NaN
@@ -69,7 +69,7 @@ def _defined(values: np.ndarray | None) -> int:
 
 
 def fairness_gaps(stats: GroupStats, dense: GroupStats) -> dict[str, float]:
-    """The gaps of a model against the dense model of the same seed (METHODS.md section 1)."""
+    """The gaps of a model against the dense model of the same seed (docs/methods.md)."""
     drop = dense.accuracy - stats.accuracy
     excess = stats.loss - dense.loss
     overall_drop = dense.overall_accuracy - stats.overall_accuracy

@@ -1,4 +1,4 @@
-"""Differentiable accuracy-parity surrogates (Wu et al. 2019, BiFP Eqs. 6-8; METHODS.md section 4).
+"""Differentiable accuracy-parity surrogates (Wu et al. 2019, BiFP Eqs. 6-8; docs/bifp.md).
 
 The margin of a sample is z = f_y(x) - max_{c != y} f_c(x) (for two classes, y * f(x) with labels
 in {-1, 1}); it is correct iff z > 0. Replacing the indicators 1(z > 0) and 1(z < 0) by a convex

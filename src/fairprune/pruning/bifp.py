@@ -1,5 +1,5 @@
 """BiFP: the pruning mask (upper level) and the weights (lower level) learned together, both under a
-differentiable accuracy-parity term (METHODS.md section 4; settings in `prune.bifp`).
+differentiable accuracy-parity term (docs/bifp.md; settings in `prune.bifp`).
 
 `prune` installs the first hard mask (the top scores, initialised from |theta| so it is magnitude
 pruning's, or random) through torch.nn.utils.prune; the fine-tuning epochs then run `BifpStep`
