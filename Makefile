@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install params run run-parallel tune protocol test test-slow bench results clean-outputs
+.PHONY: install params run run-parallel tune protocol test test-slow bench results docs clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ test: install
 # Every generated table in docs/ from the committed results/ (tests/test_results_docs.py checks them).
 results: install
 	$(BIN)/python -m fairprune.results docs
+
+# Every generated block in docs/: the results tables and the parameter reference.
+docs: results
+	$(BIN)/python -m fairprune.params_doc
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow
