@@ -3,6 +3,7 @@ writing per-sample predictions and the per-group metrics and fairness gaps of ea
 import torch
 
 from fairprune import artifacts, models, tracking
+from fairprune.config import split_arm
 from fairprune.data import load_prepared
 from fairprune.device import resolve
 from fairprune.errors import DataError
@@ -47,6 +48,23 @@ def metrics_record(run_name, method, sparsity, seed, split, model, preds, dense_
     }
 
 
+def run_params(params, method: str, sparsity: float, seed: int, split: str) -> dict:
+    """What defines an evaluated model, for MLflow's compare and chart views: method, arm, sparsity,
+    seed, split, and the settings of the method and of its fair arm."""
+    name, arm = split_arm(method)
+    settings = {"method": method, "base_method": name, "arm": arm or "", "sparsity": sparsity, "seed": seed,
+                "split": split, "data.dataset": params.data.dataset, "model.arch": params.model.arch}
+    own = next((section for prefix, section in (("bifp", "bifp"), ("ceag", "ceag"), ("equal_loss", "ceag"),
+                                                 ("fairgrape", "fairgrape")) if name.startswith(prefix)), None)
+    if own:
+        settings.update(tracking.flatten(getattr(params.prune, own).model_dump(), f"prune.{own}."))
+    if arm or name.startswith("dense+"):
+        settings.update(tracking.flatten(params.mitigation.model_dump(), "mitigation."))
+    if method != "dense" and not name.startswith("dense"):
+        settings.update(tracking.flatten(params.finetune.model_dump(), "finetune."))
+    return settings
+
+
 def main(params, args, timer):
     device = resolve(params.base.device)
     data = load_prepared(artifacts.PREPARED)
@@ -72,13 +90,22 @@ def main(params, args, timer):
             preds.save(artifacts.PREDICTIONS_DIR / f"{name}.npz")
             artifacts.write_json(artifacts.EVAL_DIR / f"{name}.json", record)
             records.append(record)
+            model_id = extra.get("mlflow_model_id") or (extra.get("record") or {}).get("mlflow_model_id")
             with mlflow.start_run(run_name=name, nested=True,
                                   tags={"stage": "evaluate", "method": record["method"], "sparsity": str(sparsity),
-                                        "seed": str(seed), "split": split}):
+                                        "seed": str(seed), "split": split, "model_id": str(model_id)}):
+                mlflow.log_params({tracking.metric_name(k): str(v)[:6000]
+                                   for k, v in run_params(params, method, sparsity, seed, split).items()})
+                tracking.log_dataset(data, artifacts.PREPARED, "evaluation")
+                mlflow.log_table({"group": list(record["groups"]),
+                                  **{key: [g[key] for g in record["groups"].values()]
+                                     for key in ("n", "accuracy", "accuracy_drop", "loss", "excess_loss")}},
+                                 artifact_file="per_group.json")
                 tracking.log_metrics({"accuracy": record["accuracy"], "loss": record["loss"],
                                       "sparsity_actual": record["sparsity_actual"], **record["fairness"],
                                       **{f"acc/{g}": v["accuracy"] for g, v in record["groups"].items()},
-                                      **{f"loss/{g}": v["loss"] for g, v in record["groups"].items()}})
+                                      **{f"loss/{g}": v["loss"] for g, v in record["groups"].items()}},
+                                     model_id=model_id)
             print(f"{name:>24}: accuracy {record['accuracy']:.4f}  accuracy_gap "
                   f"{record['fairness']['accuracy_gap']:.4f}  sparsity {record['sparsity_actual']:.3f}")
         artifacts.write_json(artifacts.EVALUATE_METRICS, {"models": len(records), "split": split,

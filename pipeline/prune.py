@@ -5,7 +5,7 @@ make the mask permanent and record the sparsity actually reached.
 import argparse
 
 from fairprune import artifacts, models, tracking, training
-from fairprune.config import split_arm
+from fairprune.config import FAIR_PRUNING_METHODS, split_arm
 from fairprune.data import load_prepared
 from fairprune.device import resolve, seed_everything
 from fairprune.errors import ParamsError
@@ -39,8 +39,9 @@ def main(params, args, timer):
                             {"prune": params.prune.model_dump(), "finetune": params.finetune.model_dump(),
                              **({"mitigation": params.mitigation.model_dump()} if arm else {})},
                             run_id=previous and previous.get("mlflow_run_id"), method=args.method,
-                            arm=arm or "no_mitigation",
+                            arm=arm_label(name, arm),
                             sparsity=args.sparsity, seed=args.seed) as mlrun:
+        tracking.log_dataset(data, artifacts.PREPARED, "training")
         result = prune_and_finetune(params, args.method, args.sparsity, args.seed, data, device,
                                     log=tracking.log_metrics, checkpoint=checkpoint, resume_key=key,
                                     extra_state={"mlflow_run_id": mlrun.info.run_id},
@@ -48,7 +49,7 @@ def main(params, args, timer):
         model, method, history = result.model, result.method, result.history
         make_permanent(model)
         macs = macs_per_image(model, data.input_shape)
-        record = {"method": args.method, "arm": arm or "no_mitigation", "sparsity": args.sparsity, "seed": args.seed,
+        record = {"method": args.method, "arm": arm_label(name, arm), "sparsity": args.sparsity, "seed": args.seed,
                   "structured": method.structured,
                   **size_of(model, method.structured, result.dense_params, params.prune.exclude_output_layer),
                   "sparsity_after_pruning": result.at_pruning["sparsity_actual"],
@@ -61,13 +62,18 @@ def main(params, args, timer):
             record["latency_dense_ms"] = latency_ms(dense, data.input_shape)
             record["speedup"] = record["latency_dense_ms"] / record["latency_ms"]
         record["wall_s"] = timer.seconds
-        models.save(model, artifacts.pruned_model(args.method, args.sparsity, args.seed), record=record)
         tracking.log_metrics({k: v for k, v in record.items() if isinstance(v, (int, float))})
-        tracking.log_model(model)
+        record["mlflow_model_id"] = tracking.log_model(model, name=key_name)
+        models.save(model, artifacts.pruned_model(args.method, args.sparsity, args.seed), record=record)
         artifacts.write_json(artifacts.prune_metrics(args.method, args.sparsity, args.seed), record)
     checkpoint.unlink(missing_ok=True)
     print(f"{key_name}: sparsity {record['sparsity_actual']:.4f} ({record['params_nonzero']} nonzero of "
           f"{record['params_total']} parameters) in {timer.seconds:.1f}s")
+
+
+def arm_label(method: str, arm: str | None) -> str:
+    """The MLflow tag and record field: the fair arm, or whether the method is fair by itself."""
+    return arm or ("fair_method" if method in FAIR_PRUNING_METHODS else "no_mitigation")
 
 
 if __name__ == "__main__":

@@ -39,12 +39,14 @@ def main(params, args, timer):
                             run_id=previous and previous.get("mlflow_run_id"), seed=args.seed,
                             method=artifacts.dense_label(args.variant), sparsity=0.0) as mlrun:
         rewind["mlflow_run_id"] = mlrun.info.run_id
+        tracking.log_dataset(data, artifacts.PREPARED, "training")
         history = training.fit(model, data, params.train, device, seed=args.seed, checkpoint=checkpoint,
                                resume_key=key, log=tracking.log_metrics, desc=f"dense {args.variant} s{args.seed}",
                                extra_state=rewind, after_epoch=keep_rewind_point, mitigation=mitigation)
+        model_id = tracking.log_model(model, name=dvc_stage.replace("@", "-"))
         models.save(model, artifacts.dense_model(args.seed, args.variant), seed=args.seed, history=history,
-                    rewind_epoch=params.train.rewind_epoch, rewind_state=rewind["rewind_state"])
-        tracking.log_model(model)
+                    rewind_epoch=params.train.rewind_epoch, rewind_state=rewind["rewind_state"],
+                    mlflow_model_id=model_id)
         final = history[-1] if history else {}
         artifacts.write_json(artifacts.train_metrics(args.seed, args.variant),
                              {**final, "seed": args.seed, "variant": args.variant, "device": device.type,

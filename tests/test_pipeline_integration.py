@@ -165,13 +165,22 @@ def test_mlflow_has_a_run_per_stage_with_group_metrics_and_reloadable_models(pro
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     evaluated = [r for r in nested if r.data.tags["stage"] == "evaluate"]
     assert len(evaluated) == 24 and all("acc/8" in r.data.metrics for r in evaluated)
+    for r in evaluated:  # the compare view can group by what defines each model, and the data is named
+        assert {"method", "sparsity", "seed", "split", "arm"} <= set(r.data.params)
+        assert r.inputs.dataset_inputs and r.inputs.dataset_inputs[0].dataset.name == "digits:class/class"
+        assert r.data.tags["model_id"] != "None"
+    bifp = next(r for r in evaluated if r.data.params["method"] == "bifp_uns")
+    assert "prune.bifp.lambda_w" in bifp.data.params
+    assert {r.data.tags["arm"] for r in by_stage["prune"] if r.data.tags["method"] == "bifp_uns"} == {"fair_method"}
     diagnosed = [r for r in nested if r.data.tags["stage"] == "diagnose"]
     assert len(diagnosed) == 24 and all("grad_norm/8" in r.data.metrics for r in diagnosed)
     train = by_stage["train"][0]
     assert "val_acc/8" in train.data.metrics and "train.lr" in train.data.params
     mlflow.set_tracking_uri(uri)
     run = next(r for r in by_stage["prune"] if r.data.tags["method"] == "magnitude")
-    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    evaluation = next(r for r in evaluated if r.data.params["method"] == "magnitude")
+    model = mlflow.pytorch.load_model(f"models:/{evaluation.data.tags['model_id']}")
+    assert client.get_logged_model(evaluation.data.tags["model_id"]).name.startswith("magnitude-")
     from fairprune.models import Classifier
     assert isinstance(model, Classifier)
     zeros = sum(int((p == 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))

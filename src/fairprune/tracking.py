@@ -107,18 +107,40 @@ def metric_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+def log_metrics(metrics: dict[str, float], step: int | None = None, model_id: str | None = None) -> None:
+    """Numbers only, NaN left out; `model_id` links them to a logged model (its page lists them)."""
     import math
 
     import mlflow
 
     clean = {metric_name(k): float(v) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not math.isnan(float(v))}
-    mlflow.log_metrics(clean, step=step)
+    mlflow.log_metrics(clean, step=step, **({"model_id": model_id} if model_id else {}))
 
 
-def log_model(model, name: str = "model") -> None:
-    """Log a model that reloads (mlflow.pytorch.load_model) as the project's own module."""
+def log_dataset(data, path: Path, context: str) -> None:
+    """The prepared data as the run's input (MLflow's Dataset column): its name (dataset:target/group),
+    a digest of the prepared tensors, its source and split sizes, so runs on different data never
+    compare silently."""
+    import hashlib
+
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    info = data.info
+    group = info.get("group")
+    name = f"{info.get('dataset', 'data')}:{info.get('target')}/{'x'.join(group) if isinstance(group, list) else group}"
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    source = LocalArtifactDatasetSource(str(info.get("source", Path(path).resolve())))
+    sizes = data.stats().get("n_per_split", {})
+    mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context,
+                     tags={f"n_{split}": str(n) for split, n in sizes.items()})
+
+
+def log_model(model, name: str = "model") -> str | None:
+    """Log a model that reloads (mlflow.pytorch.load_model) as the project's own module; its MLflow
+    model id, which the evaluation links its metrics to."""
     import mlflow.pytorch
     import torch
     import torchvision
@@ -127,11 +149,13 @@ def log_model(model, name: str = "model") -> None:
     # as the project's own modules; MLflow warns about it on every call.
     warnings.filterwarnings("ignore", message="Saving pytorch model by Pickle")
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-    mlflow.pytorch.log_model(
+    name = "".join("_" if c in "/:.%\"'" else c for c in name)  # what MLflow's model names refuse
+    info = mlflow.pytorch.log_model(
         model.cpu(), name=name, serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                           f"torchvision=={torchvision.__version__.split('+')[0]}", "fairprune"],
     )
+    return getattr(info, "model_id", None)
 
 
 if __name__ == "__main__":
