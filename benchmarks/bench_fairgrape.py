@@ -76,6 +76,8 @@ def main() -> None:
           f"weights, {torch.get_num_threads()} threads; median of {args.rounds} alternated rounds")
     print(f"plain training epoch        {median['epoch']:8.2f} s")
     print(f"FairGRAPE round             {median['round']:8.2f} s   (of which greedy selection {median['greedy']:.2f} s)")
+    print(f"scoring / epoch             {(median['round'] - median['greedy']) / median['epoch']:8.2f}x   "
+          f"(one forward and backward per training sample, no optimizer step)")
     print(f"round / epoch               {median['round'] / median['epoch']:8.2f}x   (target <= 1x)")
 
 
