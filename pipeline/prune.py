@@ -10,7 +10,7 @@ from fairprune.data import load_prepared
 from fairprune.device import resolve, seed_everything
 from fairprune.errors import ParamsError
 from fairprune.pruning import get_method, make_permanent
-from fairprune.pruning.cost import latency_ms, macs_per_image
+from fairprune.pruning.cost import macs_per_image, paired_latency_ms
 from fairprune.pruning.finetune import prune_and_finetune, size_of, start_checkpoint
 from fairprune.stage import fill_matrix_args, run
 
@@ -58,9 +58,9 @@ def main(params, args, timer):
                   "final": history[-1] if history else {}, "history": history}
         if method.structured:
             dense, _ = models.load(start)
-            record["latency_ms"] = latency_ms(model, data.input_shape)
-            record["latency_dense_ms"] = latency_ms(dense, data.input_shape)
-            record["speedup"] = record["latency_dense_ms"] / record["latency_ms"]
+            (record["latency_dense_ms"], record["latency_ms"]), ratios = paired_latency_ms([dense, model],
+                                                                                          data.input_shape)
+            record["speedup"] = 1 / ratios[1]
         record["wall_s"] = timer.seconds
         tracking.log_metrics({k: v for k, v in record.items() if isinstance(v, (int, float))})
         record["mlflow_model_id"] = tracking.log_model(model, name=key_name)

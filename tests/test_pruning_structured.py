@@ -70,3 +70,15 @@ def test_fpgm_removes_filters_nearest_the_geometric_median():
     kept = sorted(pruned[0].weight.flatten().tolist())
     # distances sum: 0.0 -> 10.1, 0.1 -> 10.1, 5.0 -> 19.9, -5.0 -> 20.1: a central filter goes first
     assert 5.0 in kept and -5.0 in kept and len(kept) < 4
+
+
+def test_paired_latency_alternates_and_reports_each_models_median_and_ratio():
+    """A model that runs its layer twice takes about twice as long as the same model once."""
+    from torch import nn
+
+    from fairprune.pruning.cost import paired_latency_ms
+
+    layer = nn.Linear(256, 256)
+    twice = nn.Sequential(layer, layer)
+    medians, ratios = paired_latency_ms([layer, twice], (256,), batch_size=256, repeats=15)
+    assert len(medians) == 2 and ratios[0] == 1.0 and 1.3 < ratios[1] < 3.0

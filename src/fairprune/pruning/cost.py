@@ -18,13 +18,28 @@ def macs_per_image(model: nn.Module, input_shape) -> int:
 @torch.no_grad()
 def latency_ms(model: nn.Module, input_shape, batch_size: int = 64, repeats: int = 20, warmup: int = 3) -> float:
     """Median CPU wall time of one forward pass over a batch, in milliseconds."""
-    model = model.eval().cpu()
+    return paired_latency_ms([model], input_shape, batch_size, repeats, warmup)[0][0]
+
+
+def paired_latency_ms(models: list[nn.Module], input_shape, batch_size: int = 64, repeats: int = 20,
+                      warmup: int = 3) -> tuple[list[float], list[float]]:
+    """Median forward time of each model (ms), timed in alternation so that load on a shared machine
+    shifts every model alike, and the median over rounds of each model's time / the first model's
+    (a speed-up is its inverse)."""
+    models = [m.eval().cpu() for m in models]
     x = torch.rand(batch_size, *input_shape)
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    with torch.no_grad():
+        for _ in range(warmup):
+            for model in models:
+                model(x)
+        rounds = []
+        for _ in range(repeats):
+            times = []
+            for model in models:
+                start = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - start)
+            rounds.append(times)
+    medians = [1000 * statistics.median(r[i] for r in rounds) for i in range(len(models))]
+    ratios = [statistics.median(r[i] / r[0] for r in rounds) for i in range(len(models))]
+    return medians, ratios
