@@ -112,3 +112,23 @@ def test_seeded_diagnostics_repeat_and_bound_is_attached():
         assert "bound_holds" not in group
     assert np.isnan(parameter_distance(nn.Linear(2, 2), dense))
     assert one_shot_model(nn.Sequential(nn.Linear(2, 2)), dense) is None
+
+
+def test_claims_correlate_within_each_model_not_over_pooled_points():
+    """Ten models of the same five groups: pooling their 50 points would make a weak pattern look
+    overwhelming; per model, rho is computed over the 5 groups and the test is across the 10 models."""
+    from fairprune.report_diagnostics import claims
+
+    rng = np.random.default_rng(0)
+    records = []
+    for model in range(10):
+        sizes = np.array([500, 300, 200, 100, 50])
+        grad = 1 / sizes + rng.normal(0, 1e-4, 5)  # smaller groups, larger gradient norms: rho = -1 per model
+        records.append({"run": f"dense-s{model}", "method": "dense", "sparsity": 0.0, "seed": model,
+                        "groups": [{"name": f"g{k}", "size": int(sizes[k]), "grad_norm": float(grad[k]),
+                                    "accuracy": 0.9, "hessian_top": 1.0, "boundary_closeness": 0.5}
+                                   for k in range(5)]})
+    claim = claims(records)["claims"]["proposition1_size_vs_grad_norm"]
+    assert claim["value"] == pytest.approx(-1.0) and claim["models"] == 10 and claim["groups"] == 5
+    assert claim["verdict"] == "holds" and claim["p_value"] == pytest.approx(0.002, abs=1e-3)  # Wilcoxon, n = 10
+    assert claims(records[:1])["claims"]["proposition1_size_vs_grad_norm"]["p_value"] is None

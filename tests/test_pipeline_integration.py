@@ -52,7 +52,8 @@ def test_outputs_exist_for_every_model(project):
 def test_diagnostics_cover_every_group_and_bound_pruned_models(project):
     work, _ = project
     claims = json.loads((work / "metrics" / "diagnose.json").read_text())["claims"]
-    assert claims["proposition1_size_vs_grad_norm"]["points"] == 20
+    assert claims["proposition1_size_vs_grad_norm"]["models"] == 2 and claims["proposition1_size_vs_grad_norm"]["groups"] == 10
+    assert claims["accuracy_vs_grad_norm"]["models"] == 24
     record = json.loads((work / "metrics" / "diagnose" / "magnitude+fair_both-0.9-s1.json").read_text())
     assert len(record["groups"]) == 10 and record["parameter_distance"] > 0
     for group in record["groups"]:
