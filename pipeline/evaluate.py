@@ -80,17 +80,22 @@ def main(params, args, timer):
         for method, sparsity, seed, path in jobs:
             name = artifacts.run_name(method, sparsity, seed, several)
             model, extra = models.load(path)
+            # latency, speed-up and the MLflow model id change on every run: they live in the stage's metrics
+            # file, not in the model file DVC hashes
+            metrics_file = (artifacts.train_metrics(seed, method.partition("+")[2] or "plain")
+                            if method.startswith("dense") else artifacts.prune_metrics(method, sparsity, seed))
+            stage_metrics = artifacts.read_json(metrics_file) if metrics_file.exists() else {}
             preds = evaluate_split(model, data, split, params.evaluate.batch_size, device)
             if method == "dense":
                 dense_stats[seed] = preds.stats()
             record = metrics_record(name, method, sparsity, seed, split, model, preds,
                                     dense_stats[seed], params.prune.exclude_output_layer, params.prune.bifp.surrogate,
-                                    extra.get("record"))
+                                    {**(extra.get("record") or {}), **stage_metrics})
             artifacts.PREDICTIONS_DIR.mkdir(parents=True, exist_ok=True)
             preds.save(artifacts.PREDICTIONS_DIR / f"{name}.npz")
             artifacts.write_json(artifacts.EVAL_DIR / f"{name}.json", record)
             records.append(record)
-            model_id = extra.get("mlflow_model_id") or (extra.get("record") or {}).get("mlflow_model_id")
+            model_id = stage_metrics.get("mlflow_model_id")
             with mlflow.start_run(run_name=name, nested=True,
                                   tags={"stage": "evaluate", "method": record["method"], "sparsity": str(sparsity),
                                         "seed": str(seed), "split": split, "model_id": str(model_id)}):

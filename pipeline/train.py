@@ -45,12 +45,11 @@ def main(params, args, timer):
                                extra_state=rewind, after_epoch=keep_rewind_point, mitigation=mitigation)
         model_id = tracking.log_model(model, name=dvc_stage.replace("@", "-"))
         models.save(model, artifacts.dense_model(args.seed, args.variant), seed=args.seed, history=history,
-                    rewind_epoch=params.train.rewind_epoch, rewind_state=rewind["rewind_state"],
-                    mlflow_model_id=model_id)
+                    rewind_epoch=params.train.rewind_epoch, rewind_state=rewind["rewind_state"])
         final = history[-1] if history else {}
         artifacts.write_json(artifacts.train_metrics(args.seed, args.variant),
                              {**final, "seed": args.seed, "variant": args.variant, "device": device.type,
-                              "wall_s": timer.seconds})
+                              "wall_s": timer.seconds, "mlflow_model_id": model_id})
     checkpoint.unlink(missing_ok=True)
 
 

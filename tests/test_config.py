@@ -162,3 +162,28 @@ def test_a_configurations_tune_search_replaces_the_base_search_whole():
                       "prune": {"bifp": {"lambda_w": 2.0}}})
     assert base["tune"] == {"search": {"mitigation.tolerance": {"low": 0.0, "high": 0.05}}, "trials": 12}
     assert base["prune"]["bifp"] == {"lambda_w": 2.0, "lambda_m": 1.0}  # elsewhere, still a deep merge
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"train": {"epochs": "10"}}, "train.epochs"),          # strings are not coerced
+    ({"train": {"hflip": "yes"}}, "train.hflip"),
+    ({"base": {"seeds": [0, 2 ** 32]}}, "base.seeds.1"),     # numpy seeds are 32-bit
+    ({"prune": {"sparsities": [0.5, 0.9, 0.5]}}, "prune.sparsities.2"),
+    ({"train": {"epochs": 0}}, "train.epochs"),              # an untrained "dense" model
+    (None, "(top level)"),                                   # an empty params file is not "ok"
+])
+def test_params_that_were_silently_accepted_are_refused(raw, key):
+    from fairprune.config import validate
+
+    with pytest.raises(ParamsError) as info:
+        validate(raw)
+    assert info.value.key == key
+
+
+def test_a_configuration_that_is_not_a_yaml_mapping_is_named(tmp_path):
+    from fairprune.config import apply_override
+
+    for text, expected in (("a: [1\n", "valid YAML"), ("- 1\n- 2\n", "a mapping of params sections, not a list")):
+        (tmp_path / "c.yaml").write_text(text)
+        with pytest.raises(ParamsError, match=expected):
+            apply_override(tmp_path / "params.yaml", tmp_path / "c.yaml")

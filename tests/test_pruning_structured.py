@@ -82,3 +82,22 @@ def test_paired_latency_alternates_and_reports_each_models_median_and_ratio():
     twice = nn.Sequential(layer, layer)
     medians, ratios = paired_latency_ms([layer, twice], (256,), batch_size=256, repeats=15)
     assert len(medians) == 2 and ratios[0] == 1.0 and 1.3 < ratios[1] < 3.0
+
+
+def test_model_files_leave_out_timings_and_run_ids(tmp_path):
+    """Retraining to identical weights gives identical bytes: DVC then skips everything downstream."""
+    import torch
+
+    from fairprune import models
+
+    model = models.Classifier("small_cnn", (1, 8, 8), 3, [0.5], [0.25])
+    record = {"sparsity_actual": 0.9, "wall_s": 3.2, "latency_ms": 1.1, "speedup": 2.0, "mlflow_model_id": "m-1",
+              "history": [{"epoch": 1, "val_acc": 0.9, "train_s": 0.4}]}
+    paths = []
+    for i, wall in enumerate((3.2, 7.9)):
+        (tmp_path / str(i)).mkdir()
+        paths.append(tmp_path / str(i) / "model.pt")  # same name: torch's archive records it
+        models.save(model, paths[-1], record={**record, "wall_s": wall, "mlflow_model_id": f"m-{i}"})
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert models.load(paths[0])[1]["record"] == {"sparsity_actual": 0.9, "history": [{"epoch": 1, "val_acc": 0.9}]}
+    assert isinstance(models.load(paths[0])[0], torch.nn.Module)

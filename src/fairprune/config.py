@@ -51,7 +51,8 @@ NEEDS_ROOT = ("utkface", "celeba", "manifest", "cifar10", "mnist")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: `epochs: "10"` or `hflip: "yes"` is an error, not silently coerced
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class BaseParams(_Section):
@@ -67,6 +68,9 @@ class BaseParams(_Section):
     def _unique_seeds(cls, seeds: list[int]) -> list[int]:
         if len(set(seeds)) != len(seeds):
             raise ValueError("seeds must be distinct")
+        for i, seed in enumerate(seeds):
+            if not 0 <= seed < 2 ** 32:
+                raise ParamsError(f"base.seeds.{i}", seed, "a seed in [0, 2^32), e.g. 0")
         return seeds
 
 
@@ -157,6 +161,7 @@ def split_arm(method: str) -> tuple[str, str]:
 
 
 class TrainParams(OptimParams):
+    epochs: int = Field(default=30, ge=1)  # a dense model needs at least one epoch (fine-tuning may have 0)
     rewind_epoch: int = Field(default=1, ge=0)  # the early iterate Lottery-Ticket IMP rewinds to (0 = init)
     # Dense models to train per seed: plain ERM, or constrained with the relaxed / full mitigation.
     variants: list[Literal["plain", "relaxed", "full", "full_literal"]] = Field(default=["plain"], min_length=1)
@@ -272,6 +277,8 @@ class PruneParams(_Section):
         for i, value in enumerate(values):
             if not 0.0 <= value < 1.0:
                 raise ParamsError(f"prune.sparsities.{i}", value, "a fraction in [0, 1), e.g. 0.9")
+            if value in values[:i]:
+                raise ParamsError(f"prune.sparsities.{i}", value, "distinct sparsities (this one is listed twice)")
         return values
 
     @field_validator("methods")
@@ -522,7 +529,8 @@ def _section_fields() -> dict[str, list[str]]:
 def validate(raw: Any) -> Params:
     """Validate a params mapping; raise ParamsError describing the first problem."""
     if raw is None:
-        raw = {}
+        raise ParamsError("(top level)", "an empty file", "a params file with at least one section, e.g. "
+                          "`git checkout params.yaml` for the shipped one")
     if not isinstance(raw, dict):
         raise ParamsError("(top level)", type(raw).__name__, "a mapping of sections: " + ", ".join(Params.model_fields))
     try:
@@ -608,7 +616,13 @@ def apply_override(target: Path, override: Path):
     """params.yaml with a named configuration merged in (comments kept), validated."""
     if not override.exists():
         raise ParamsError("(file)", str(override), "an existing configuration file, e.g. one in configs/")
-    return apply_values(target, yaml.safe_load(override.read_text()) or {})
+    try:
+        values = yaml.safe_load(override.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError("(file)", str(override), f"valid YAML ({exc})".replace("\n", " ")) from None
+    if values is not None and not isinstance(values, dict):
+        raise ParamsError("(file)", str(override), f"a mapping of params sections, not a {type(values).__name__}")
+    return apply_values(target, values or {})
 
 
 def apply_values(target: Path, values: dict):

@@ -131,12 +131,27 @@ def _rebuild(spec: dict, structure: dict[str, dict[str, int]], state: dict[str, 
     return model
 
 
+VOLATILE_SUFFIXES = ("_s", "_ms")  # wall times, latencies: differ on every run with identical weights
+VOLATILE_KEYS = {"speedup", "mlflow_model_id", "mlflow_run_id"}
+
+
+def reproducible(value):
+    """`value` without the keys that change from run to run when the weights do not (timings, latencies,
+    MLflow ids): DVC hashes model files, so a retrain with identical weights must give identical bytes."""
+    if isinstance(value, dict):
+        return {k: reproducible(v) for k, v in value.items()
+                if not (isinstance(k, str) and (k.endswith(VOLATILE_SUFFIXES) or k in VOLATILE_KEYS))}
+    if isinstance(value, list):
+        return [reproducible(v) for v in value]
+    return value
+
+
 def save(model: nn.Module, path: str | Path, **extra) -> None:
     """Save tensors and plain values only: the architecture spec, each layer's channel counts (so
-    physically pruned models reload with their shapes), the state dict and `extra` (plain values).
-    Pruning masks must be folded in first (make_permanent)."""
+    physically pruned models reload with their shapes), the state dict and `extra` (plain values,
+    timings and run ids left out: `reproducible`). Pruning masks must be folded in first (make_permanent)."""
     payload = {"format": 2, "spec": model.spec(), "structure": _structure(model),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **reproducible(extra)}
     tensorfile.save(payload, path)
 
 
