@@ -29,3 +29,28 @@ def test_a_bad_params_file_stops_dvc_repro_before_any_output_is_deleted(tmp_path
     code, output = repro(tmp_path, env, "prepare")
     assert code != 0 and "data.val_fraction" in output
     assert (tmp_path / "data" / "prepared.pt").read_bytes() == prepared
+
+
+def test_editing_a_manifest_reruns_prepare(tmp_path):
+    """prepare depended on no data file: cutting a manifest from 40 rows to 36 left the old data."""
+    import json
+
+    from test_data import write_manifest
+
+    (tmp_path / "own").mkdir()
+    csv_path = write_manifest(tmp_path / "own", with_split=True)
+    work = tmp_path / "project"
+    work.mkdir()
+    env = make_project(work, {"base": {"threads": 1},
+                                                "data": {"dataset": "manifest", "root": str(csv_path),
+                                                         "image_size": 8, "target": "target", "group": "group",
+                                                         "imbalance": {"groups": [], "fraction": 1.0}}})
+    sh(["dvc", "repro", "prepare"], work, env)
+    assert json.loads((work / "data" / "stats.json").read_text())["n_per_split"]["train"] == 24
+    rows = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join(rows[:-4]) + "\n")  # rows i = 36-39, all in the test split
+    code, output = repro(work, env, "prepare")
+    assert code == 0 and "Running stage 'prepare'" in output
+    assert sum(json.loads((work / "data" / "stats.json").read_text())["n_per_split"].values()) == 36
+    code, output = repro(work, env, "prepare")
+    assert "Running stage 'prepare'" not in output  # unchanged data: skipped

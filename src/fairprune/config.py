@@ -640,8 +640,6 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate a params file")
     check.add_argument("file", nargs="?", default="params.yaml")
-    check.add_argument("--stamp", type=Path, help="write this file (constant content) when the file is valid: "
-                                                   "the always-run `validate` stage every DVC stage comes after")
     apply = sub.add_parser("apply", help="merge a named configuration into params.yaml (validated first)")
     apply.add_argument("override")
     apply.add_argument("--into", default="params.yaml")
@@ -661,9 +659,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "check":
             load(args.file)
-            if args.stamp:
-                args.stamp.parent.mkdir(parents=True, exist_ok=True)
-                args.stamp.write_text("params.yaml validated by fairprune-params check\n")
             print(f"{args.file}: ok")
             return 0
         target = Path(args.into)
