@@ -137,6 +137,7 @@ def test_a_trial_interrupted_before_its_training_starts_is_still_requeued(projec
     (trial,) = study.get_trials(deepcopy=False)
     assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get(INTERRUPTED)
     assert requeue_interrupted(study) == [trial.number]
+    assert study.metric_names == ["val_accuracy", "val_accuracy_gap"]  # named objectives for the dashboard
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "terminated"])

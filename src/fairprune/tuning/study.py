@@ -103,8 +103,10 @@ def open_study(params: Params, url: str, worker: int = 0) -> optuna.Study:
                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
         name = study_name(params)
         if worker == 0:
-            return optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS),
-                                       sampler=make_sampler(params, worker), load_if_exists=True)
+            study = optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS),
+                                        sampler=make_sampler(params, worker), load_if_exists=True)
+            study.set_metric_names(metric_names(params))  # the dashboard's axes and columns
+            return study
         try:
             return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(params, worker))
         except KeyError:
@@ -113,6 +115,10 @@ def open_study(params: Params, url: str, worker: int = 0) -> optuna.Study:
                 "storage; if it runs, this worker's params, dense model, prepared data or fairprune code differ from "
                 "its (the study name hashes them): take them from the same checkout and `dvc pull`, since a "
                 "`dvc repro train` elsewhere rarely rebuilds the dense model byte for byte") from None
+
+
+def metric_names(params: Params) -> list[str]:
+    return ["val_accuracy", f"val_{params.tune.gap}"]
 
 
 def counted(trial: FrozenTrial) -> bool:
