@@ -187,3 +187,9 @@ def test_a_configuration_that_is_not_a_yaml_mapping_is_named(tmp_path):
         (tmp_path / "c.yaml").write_text(text)
         with pytest.raises(ParamsError, match=expected):
             apply_override(tmp_path / "params.yaml", tmp_path / "c.yaml")
+
+
+def test_imbalance_null_means_none():
+    from fairprune.config import validate
+
+    assert validate({"data": {"imbalance": None}}).data.imbalance.groups == []

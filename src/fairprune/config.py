@@ -94,6 +94,11 @@ class DataParams(_Section):
     imbalance: ImbalanceParams = ImbalanceParams()
     download: bool = False
 
+    @field_validator("imbalance", mode="before")
+    @classmethod
+    def _no_imbalance(cls, value):
+        return ImbalanceParams() if value is None else value  # `imbalance: null` means none
+
     @field_validator("age_bins")
     @classmethod
     def _increasing(cls, bins: list[int]) -> list[int]:
