@@ -72,3 +72,13 @@ def test_nested_evaluation_runs_carry_params_dataset_table_and_model_link(server
     logged = client.get_logged_model(model_id)
     assert logged.name == "magnitude-0_9-s0"  # '.' is not allowed in a model name
     assert {m.key for m in logged.metrics} >= {"accuracy", "acc/White/male"}
+
+
+def test_a_stage_resumed_after_its_tracking_store_was_lost_logs_into_a_new_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    base = BaseParams(experiment="resume-test")
+    with tracking.stage_run(base, "train", "train@0-plain", {"train": {"epochs": 1}},
+                            run_id="0123456789abcdef0123456789abcdef") as run:
+        assert run.info.run_id != "0123456789abcdef0123456789abcdef"
+    assert "not in the tracking store" in capsys.readouterr().err

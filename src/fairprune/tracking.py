@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -96,10 +97,25 @@ def stage_run(base: BaseParams, stage: str, dvc_stage: str, params: dict, run_id
                 **{k: str(v) for k, v in tags.items()}}
     name = dvc_stage.replace("@", "-")
     mlflow.set_experiment(experiment_id=experiment_id)
+    if run_id is not None and not _run_exists(run_id):
+        print(f"note: MLflow run {run_id} of the interrupted {dvc_stage} is not in the tracking store (a new or "
+              f"lost store); the resumed stage logs into a new run", file=sys.stderr)
+        run_id = None
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=name, tags=all_tags) as run:
         if run_id is None:
             mlflow.log_params({metric_name(k): str(v)[:6000] for k, v in flatten(params).items()})
         yield run
+
+
+def _run_exists(run_id: str) -> bool:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+        return True
+    except MlflowException:
+        return False
 
 
 def metric_name(name: str) -> str:
