@@ -13,6 +13,7 @@ import argparse
 import itertools
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Callable
@@ -68,6 +69,9 @@ def run(main: Callable[[Params, argparse.Namespace, Timer], None],
     parser.add_argument("--params", default="params.yaml", help="the params file to read")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # SIGTERM (a timeout, `kill`, a scheduler) interrupts like Ctrl-C: checkpoints stay, and the MLflow
+    # runs end KILLED instead of staying RUNNING forever
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         params = config.load(args.params)
         if params.base.threads:
@@ -75,7 +79,23 @@ def run(main: Callable[[Params, argparse.Namespace, Timer], None],
         main(params, args, timer)
     except FairpruneError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        _end_runs("FAILED")
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: rerun the stage to resume from its last checkpoint", file=sys.stderr)
+        _end_runs("KILLED")
         sys.exit(130)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _end_runs(status: str) -> None:
+    """End every MLflow run this process left active (nested ones first) with `status`."""
+    if "mlflow" not in sys.modules:
+        return
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run(status)
