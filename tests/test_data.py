@@ -241,3 +241,11 @@ def test_manifest_from_a_spreadsheet_export(tmp_path):
     csv_path.write_text("\n".join(lines[:5] + [lines[5].rsplit(",", 1)[0] + ","] + lines[6:]))
     with pytest.raises(DataError, match="data.csv:6: the group cell is blank"):
         manifest.load(csv_path, 8)
+
+
+def test_max_samples_below_the_number_of_strata_says_so(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        data = prepare(DataParams(max_samples=10))
+    assert sum(data.stats()["n_per_split"].values()) > 10 and "keeps at least one" in caplog.text

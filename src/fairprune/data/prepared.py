@@ -1,6 +1,7 @@
 """Loading, splitting, checking and caching a dataset as tensors."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from fairprune.config import DataParams
 from fairprune.data.images import resize_batch
 from fairprune.data.raw import NO_SPLIT, SPLITS, RawDataset
 from fairprune.errors import DataError, ParamsError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = {"digits": 8, "mnist": 28, "cifar10": 32}
 
@@ -148,6 +151,9 @@ def subsample(raw: RawDataset, split: np.ndarray, max_samples: int, seed: int) -
     for stratum in np.unique(strata):
         members = rng.permutation(np.flatnonzero(strata == stratum))
         keep[members[:max(1, int(round(len(members) * fraction)))]] = True
+    if keep.sum() > 1.05 * max_samples:
+        log.warning("data.max_samples = %d keeps %d samples: every split x target x group stratum keeps at least "
+                    "one (%d strata)", max_samples, keep.sum(), len(np.unique(strata)))
     return _keep(keep, raw, split)
 
 
