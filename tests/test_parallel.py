@@ -27,20 +27,20 @@ def parallel(work, env, *args, expect=0):
 def test_stages_run_in_parallel_are_committed_and_not_rerun(project):
     work, env = project
     out = parallel(work, env, "--jobs", "3", "prune")
-    assert "7 ran, 0 up to date, 0 failed" in out  # prepare, 2 dense models, 4 pruned ones
+    assert "8 ran, 0 up to date, 0 failed" in out  # validate, prepare, 2 dense models, 4 pruned ones
     for seed in (0, 1):
         for method in ("magnitude", "snip"):
             assert (work / "models" / "pruned" / f"{method}-0.5-s{seed}.pt").is_file()
     assert "up to date" in sh(["dvc", "status", "prune"], work, env)
-    assert "0 ran, 7 up to date" in parallel(work, env, "--jobs", "3", "prune")
+    assert "1 ran, 7 up to date" in parallel(work, env, "--jobs", "3", "prune")  # validate always runs
 
 
 def test_a_failed_stage_blocks_its_downstream_only_and_exits_non_zero(project):
     work, env = project
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["prune"]["score_batches"] = 0  # invalid: every prune stage fails its params check
+    params["prune"]["score_batches"] = 0  # invalid: the validate stage stops the run before any other stage
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = parallel(work, env, "--jobs", "2", "evaluate", expect=1)
-    assert "4 failed" in out and "1 not run because an upstream stage failed" in out
+    assert "1 failed (validate)" in out and "not run because an upstream stage failed" in out
     assert "prune.score_batches" in out  # the failing stage's own error is shown
     assert "up to date" not in sh(["dvc", "status", "evaluate"], work, env)
