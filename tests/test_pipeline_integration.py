@@ -26,7 +26,7 @@ METHODS = ("magnitude", "magnitude+fair_both", "bifp_uns", "bifp_str", "bifp_no_
 def project(tmp_path_factory):
     work = tmp_path_factory.mktemp("project")
     env = make_project(work, TINY)
-    sh(["dvc", "repro"], work, env)
+    sh(["dvc", "repro"], work, env, timeout=1200)  # about 4 min alone on 2 cores; a safety net, not a benchmark
     return work, env
 
 
