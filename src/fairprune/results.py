@@ -100,15 +100,21 @@ ACCURACY_MARGIN = 0.005  # "accuracy within 0.5 point of magnitude" (the fair-me
 PSI_TARGET = 0.01
 
 
-def verdict(gap_diff: Estimate, p_adjusted: float, best_change: Estimate) -> str:
-    """A gap narrower or wider than magnitude's only when the Holm-adjusted paired test says so; a
+def verdict(gap_diff: Estimate, p_adjusted: float, best_change: Estimate, worst_lift: Estimate) -> str:
+    """A gap narrower or wider than magnitude's only when the Holm-adjusted paired test says so. A
     narrower gap with the best-off group's accuracy below its dense value (interval below 0) is
-    levelling down, never a fairness gain."""
+    levelling down, never a fairness gain; when the worst-off group also gains against magnitude's
+    model (interval above 0), both happened and the verdict says so."""
     if p_adjusted >= 0.05:
         return "no significant difference"
     if gap_diff.value > 0:
         return "wider gap"
-    return "narrower gap, levelling down" if best_change.interval()[1] < 0 else "narrower gap"
+    if best_change.interval()[1] >= 0:
+        return "narrower gap"
+    if worst_lift.interval()[0] > 0:
+        return (f"narrower gap: worst-off group {worst_lift.value * 100:+.1f} points against magnitude, "
+                f"best-off below dense (partly levelling down)")
+    return "narrower gap, levelling down"
 
 
 def table(name: str, n_boot: int = 2000) -> str:
@@ -125,6 +131,8 @@ def table(name: str, n_boot: int = 2000) -> str:
         if method != BASELINE and (BASELINE, sparsity) in keys:
             row["gap_diff"] = row["accuracy_gap"] - boot.metric(BASELINE, sparsity, "accuracy_gap")
             row["accuracy_diff"] = row["accuracy"] - boot.metric(BASELINE, sparsity, "accuracy")
+            row["worst_lift"] = (boot.metric(method, sparsity, "worst_group_change")
+                                 - boot.metric(BASELINE, sparsity, "worst_group_change"))
             tests += [(len(rows), "gap", row["gap_diff"].p_two_sided()),
                       (len(rows), "accuracy", row["accuracy_diff"].p_non_inferior(ACCURACY_MARGIN))]
         rows.append(row)
@@ -148,7 +156,7 @@ def table(name: str, n_boot: int = 2000) -> str:
     for row in rows:
         if "gap_diff" in row:
             against = (f"{_ci(row['gap_diff'], True)}, {_p(row['p_gap'])}: "
-                       f"{verdict(row['gap_diff'], row['p_gap'], row['best_group_change'])}")
+                       f"{verdict(row['gap_diff'], row['p_gap'], row['best_group_change'], row['worst_lift'])}")
             within = f"{'yes' if row['p_accuracy'] < 0.05 else 'not shown'} ({_p(row['p_accuracy'])})"
         else:
             against = within = ""

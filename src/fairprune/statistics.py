@@ -108,8 +108,8 @@ class Bootstrap:
 
     def metric(self, method: str, sparsity: float, name: str, group: str | None = None) -> Estimate:
         """A metric of (method, sparsity) over its seeds, with its two-level replicates. `name`:
-        accuracy, accuracy_gap, worst_excess_drop, group_change (with `group`), best_group_change
-        (the group the dense model of each seed serves best)."""
+        accuracy, accuracy_gap, worst_excess_drop, group_change (with `group`), best_group_change and
+        worst_group_change (the groups the dense model of each seed serves best and worst)."""
         observed, replicated = [], []
         for seed in self.seeds:
             key = (method, sparsity, seed)
@@ -122,8 +122,9 @@ class Bootstrap:
                 values = self.gap(acc), self.gap(reps)
             elif name == "worst_excess_drop":
                 values = self.worst_excess_drop(acc, dense_acc), self.worst_excess_drop(reps, dense_reps)
-            elif name in ("group_change", "best_group_change"):
-                k = self.groups.index(group) if name == "group_change" else int(np.nanargmax(dense_acc))
+            elif name in ("group_change", "best_group_change", "worst_group_change"):
+                k = (self.groups.index(group) if name == "group_change" else
+                     int(np.nanargmax(dense_acc)) if name == "best_group_change" else int(np.nanargmin(dense_acc)))
                 values = acc[k] - dense_acc[k], reps[:, k] - dense_reps[:, k]
             else:
                 raise ValueError(f"unknown metric '{name}'")
