@@ -30,3 +30,13 @@ def test_celeba_subset_with_full_annotations(shared_data):
 def test_celeba_header_lists_all_attributes(shared_data):
     table = celeba.read_attributes(shared_data / "celeba" / "list_attr_celeba.txt", ["Bags_Under_Eyes", "Male"])
     assert len(table) == 202599
+
+
+def test_utkface_intersectional_race_by_gender(shared_data):
+    raw = utkface.load(shared_data / "utkface" / "UTKFace.tar.gz", target="race", group=["race", "gender"], size=8,
+                       age_bins=[20, 40, 60])
+    assert len(raw.group_names) == 10 and raw.group_names[:2] == ["White/male", "White/female"]
+    counts = dict(zip(raw.group_names, np.bincount(raw.groups).tolist()))
+    # each race's two genders add up to the race counts of the single-attribute test above
+    assert counts["White/male"] + counts["White/female"] == 10077
+    assert counts["Others/male"] + counts["Others/female"] == 1692
