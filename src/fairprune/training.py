@@ -178,7 +178,8 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
         start, history = state["epoch"], state["history"]
         tqdm.write(f"{desc}: resuming from the checkpoint after epoch {start}")
     steps_per_epoch = math.ceil(len(targets) / opt.batch_size)
-    for epoch in tqdm(range(start, opt.epochs), desc=desc, initial=start, total=opt.epochs, unit="epoch"):
+    epochs = tqdm(range(start, opt.epochs), desc=desc, initial=start, total=opt.epochs, unit="epoch")
+    for epoch in epochs:
         if before_epoch:
             before_epoch(epoch)
         began = time.perf_counter()
@@ -194,6 +195,9 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
                   "lr": optimizer.param_groups[0]["lr"], "steps": (epoch + 1) * steps_per_epoch, "train_s": train_s}
         record.update({f"val_acc/{g}": float(a) for g, a in zip(data.group_names, val.accuracy)})
         history.append(record)
+        worst = min(zip(val.accuracy, data.group_names))
+        epochs.set_postfix_str(f"loss {train_loss:.3f} val acc {val.overall_accuracy:.3f} worst group "
+                               f"{worst[1]} {worst[0]:.3f}", refresh=False)
         if log:
             log(record, epoch + 1)
         if after_epoch:
@@ -205,5 +209,11 @@ def fit(model: torch.nn.Module, data, opt: OptimParams, device: torch.device, *,
                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "step": step.state_dict(),
                 **(extra_state or {}),
             })
+    if history:
+        final = history[-1]
+        groups = {k.removeprefix("val_acc/"): v for k, v in final.items() if k.startswith("val_acc/")}
+        worst = min(groups, key=groups.get) if groups else None
+        tqdm.write(f"{desc}: {final['epoch']} epochs, validation accuracy {final['val_acc']:.4f}"
+                   + (f", worst group {worst} {groups[worst]:.4f}, best {max(groups.values()):.4f}" if worst else ""))
     return history
 
