@@ -105,7 +105,9 @@ def open_study(params: Params, url: str, worker: int = 0) -> optuna.Study:
         if worker == 0:
             study = optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS),
                                         sampler=make_sampler(params, worker), load_if_exists=True)
-            study.set_metric_names(metric_names(params))  # the dashboard's axes and columns
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(metric_names(params))  # the dashboard's axes and columns
             return study
         try:
             return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(params, worker))
