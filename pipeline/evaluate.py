@@ -82,7 +82,7 @@ def main(params, args, timer):
             model, extra = models.load(path)
             # latency, speed-up and the MLflow model id change on every run: they live in the stage's metrics
             # file, not in the model file DVC hashes
-            metrics_file = (artifacts.train_metrics(seed, method.partition("+")[2] or "plain")
+            metrics_file = (artifacts.train_metrics(seed, split_arm(method)[1] or "plain")
                             if method.startswith("dense") else artifacts.prune_metrics(method, sparsity, seed))
             stage_metrics = artifacts.read_json(metrics_file) if metrics_file.exists() else {}
             preds = evaluate_split(model, data, split, params.evaluate.batch_size, device)

@@ -7,6 +7,7 @@ against the project root, so queued `dvc exp` runs (which execute in a temporary
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import subprocess
@@ -138,8 +139,6 @@ def log_dataset(data, path: Path, context: str) -> None:
     """The prepared data as the run's input (MLflow's Dataset column): its name (dataset:target/group),
     a digest of the prepared tensors, its source and split sizes, so runs on different data never
     compare silently."""
-    import hashlib
-
     import mlflow
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
@@ -147,11 +146,19 @@ def log_dataset(data, path: Path, context: str) -> None:
     info = data.info
     group = info.get("group")
     name = f"{info.get('dataset', 'data')}:{info.get('target')}/{'x'.join(group) if isinstance(group, list) else group}"
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    source = LocalArtifactDatasetSource(str(info.get("source", Path(path).resolve())))
+    path = Path(path).resolve()
+    source = LocalArtifactDatasetSource(str(info.get("source", path)))
     sizes = data.stats().get("n_per_split", {})
-    mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context,
-                     tags={f"n_{split}": str(n) for split, n in sizes.items()})
+    mlflow.log_input(MetaDataset(source, name=name, digest=_digest(str(path), path.stat().st_mtime_ns)),
+                     context=context, tags={f"n_{split}": str(n) for split, n in sizes.items()})
+
+
+@functools.lru_cache(maxsize=4)
+def _digest(path: str, mtime_ns: int) -> str:
+    """Once per prepared file (the evaluate stage logs it for every model; hashing it is the cost)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def log_model(model, name: str = "model") -> str | None:

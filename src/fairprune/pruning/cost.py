@@ -15,12 +15,6 @@ def macs_per_image(model: nn.Module, input_shape) -> int:
     return int(macs)
 
 
-@torch.no_grad()
-def latency_ms(model: nn.Module, input_shape, batch_size: int = 64, repeats: int = 20, warmup: int = 3) -> float:
-    """Median CPU wall time of one forward pass over a batch, in milliseconds."""
-    return paired_latency_ms([model], input_shape, batch_size, repeats, warmup)[0][0]
-
-
 def paired_latency_ms(models: list[nn.Module], input_shape, batch_size: int = 64, repeats: int = 20,
                       warmup: int = 3) -> tuple[list[float], list[float]]:
     """Median forward time of each model (ms), timed in alternation so that load on a shared machine
