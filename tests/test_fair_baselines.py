@@ -1,6 +1,5 @@
 """CEAG and FairGRAPE: their math on hand-sized cases, then each end to end on the embedded digits."""
 from collections import deque
-from types import SimpleNamespace
 
 import numpy as np
 import pytest

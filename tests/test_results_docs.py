@@ -5,9 +5,6 @@ import json
 import re
 
 import numpy as np
-
-import pytest
-
 from conftest import REPO
 from fairprune import results
 from fairprune.statistics import pack_correct
