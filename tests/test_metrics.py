@@ -87,3 +87,25 @@ def test_equalized_odds_is_the_larger_of_the_two_rate_spreads_when_both_are_defi
 def test_out_of_range_group_labels_are_rejected(bad):
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         group_stats([0, 1], [0, 1], [0.1, 0.1], [0, bad], 2)
+
+
+def test_group_stats_agree_with_fairlearn_metricframe():
+    """fairlearn's MetricFrame is the field's reference for per-group metrics; group_stats must agree
+    with it on every group it defines (benchmarks/bench_evaluation.py times the two)."""
+    from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
+    from sklearn.metrics import accuracy_score
+
+    rng = np.random.default_rng(0)
+    n, groups = 3000, 4
+    y_true, y_pred = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    loss, group = rng.random(n), rng.choice(groups, n, p=[0.6, 0.3, 0.09, 0.01])
+    ours = group_stats(y_true, y_pred, loss, group, groups, num_classes=2)
+    frame = MetricFrame(metrics={"accuracy": accuracy_score, "positive_rate": selection_rate,
+                                 "tpr": true_positive_rate, "fpr": false_positive_rate,
+                                 "loss": lambda t, p, sample_loss: float(np.mean(sample_loss))},
+                        y_true=y_true, y_pred=y_pred, sensitive_features=group,
+                        sample_params={"loss": {"sample_loss": loss}})
+    by_group = frame.by_group.reindex(range(groups))
+    for name in ("accuracy", "positive_rate", "tpr", "fpr", "loss"):
+        np.testing.assert_allclose(getattr(ours, name), by_group[name].to_numpy(dtype=float), rtol=1e-12)
+    assert ours.overall_accuracy == pytest.approx(frame.overall["accuracy"], abs=1e-12)
