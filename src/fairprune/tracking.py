@@ -46,6 +46,49 @@ def resolve_uri(base: BaseParams, root: Path | None = None) -> tuple[str, str]:
     return uri, artifacts.resolve().as_uri()
 
 
+def store_problem(base: BaseParams, timeout_s: float = 5.0) -> str | None:
+    """Why the tracking store could not take this run's records, or None: checked by the validate stage
+    before any stage writes, without importing MLflow (a second of start-up on every `dvc repro`)."""
+    uri, artifacts = resolve_uri(base)
+    fix = "fix base.tracking_uri / base.artifact_root in params.yaml or MLFLOW_TRACKING_URI, or start the server"
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///"))
+        if not database.parent.is_dir():
+            return f"the MLflow store {uri}: its folder {database.parent} does not exist; {fix}"
+        if database.exists():
+            with open(database, "rb") as handle:
+                header = handle.read(16)
+            if header and header != b"SQLite format 3\x00":
+                return f"the MLflow store {database} is not an SQLite database; move it aside, or {fix}"
+        target = database if database.exists() else database.parent
+        if not os.access(target, os.W_OK):
+            return f"the MLflow store {target} is not writable; {fix}"
+    elif uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        except (urllib.error.URLError, OSError) as exc:
+            return f"the MLflow tracking server {uri} does not answer ({getattr(exc, 'reason', exc)}); {fix}"
+    elif "://" in uri and not uri.startswith("file:"):  # a database URL (postgresql://, mysql://...)
+        import sqlalchemy
+
+        try:
+            sqlalchemy.create_engine(uri).connect().close()
+        except Exception as exc:  # noqa: BLE001 (every driver raises its own)
+            return f"the MLflow store {uri.split('@')[-1]} cannot be opened ({type(exc).__name__}); {fix}"
+    if artifacts.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        folder = Path(unquote(urlparse(artifacts).path))
+        while not folder.exists():
+            folder = folder.parent
+        if not os.access(folder, os.W_OK):
+            return f"the MLflow artifact folder {folder} is not writable; {fix}"
+    return None
+
+
 def ensure_store(base: BaseParams) -> str:
     """Create the database schema and the experiment once; return the experiment id.
 

@@ -6,9 +6,10 @@ and a manifest names its images inside a CSV), so this always-run stage writes
 manifest's CSV by content, then each image it lists), which changes exactly when the data does.
 `prepare` depends on it: editing a manifest, replacing the tarball or adding images reruns
 `prepare`, and nothing else does. It also writes `data/params.ok` once params.yaml validates, so an
-invalid file stops `dvc repro` before DVC deletes any output.
+invalid file stops `dvc repro` before DVC deletes any output. Likewise an MLflow store the stages
+could not write to (`fairprune.tracking.store_problem`).
 
-    python -m fairprune.data.fingerprint          (the `validate` stage of dvc.yaml)
+    python pipeline/validate.py          (the `validate` stage of dvc.yaml)
 """
 from __future__ import annotations
 
@@ -61,6 +62,12 @@ def main() -> int:
         params = config.load("params.yaml")
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from fairprune.tracking import store_problem
+
+    problem = store_problem(params.base)
+    if problem:
+        print(f"error: {problem} (checked before any stage writes)", file=sys.stderr)
         return 2
     lines = source_lines(params.data)
     record = {"dataset": params.data.dataset, "root": params.data.root, "files": len(lines),
