@@ -11,7 +11,7 @@ from fairprune.device import resolve, seed_everything
 from fairprune.errors import ParamsError
 from fairprune.pruning import get_method, make_permanent
 from fairprune.pruning.cost import macs_per_image, paired_latency_ms
-from fairprune.pruning.finetune import prune_and_finetune, size_of, start_checkpoint
+from fairprune.pruning.finetune import method_params, prune_and_finetune, size_of, start_checkpoint
 from fairprune.stage import fill_matrix_args, run
 
 
@@ -28,16 +28,13 @@ def main(params, args, timer):
     start = start_checkpoint(params, args.method, args.seed)
     dense_macs = macs_per_image(models.load(start)[0], data.input_shape)
     key_name = artifacts.pruned_key(args.method, args.sparsity, args.seed)
-    key = training.stage_fingerprint("prune", key_name, params.finetune.model_dump(), params.prune.model_dump(),
-                                     params.mitigation.model_dump() if arm else None,
-                                     inputs=[start, artifacts.PREPARED])
+    own_params = method_params(params, args.method)
+    key = training.stage_fingerprint("prune", key_name, own_params, inputs=[start, artifacts.PREPARED])
     checkpoint = artifacts.CHECKPOINT_DIR / f"prune-{key_name}.ckpt"
     previous = training.read_checkpoint(checkpoint, key)
     dvc_stage = f"prune@{args.method}-{artifacts.sparsity_label(args.sparsity)}-{args.seed}"
     pruned_at = {}
-    with tracking.stage_run(params.base, "prune", dvc_stage,
-                            {"prune": params.prune.model_dump(), "finetune": params.finetune.model_dump(),
-                             **({"mitigation": params.mitigation.model_dump()} if arm else {})},
+    with tracking.stage_run(params.base, "prune", dvc_stage, {k: v for k, v in own_params.items() if k != "method"},
                             run_id=previous and previous.get("mlflow_run_id"), method=args.method,
                             arm=arm_label(name, arm),
                             sparsity=args.sparsity, seed=args.seed) as mlrun:

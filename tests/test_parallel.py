@@ -35,6 +35,20 @@ def test_stages_run_in_parallel_are_committed_and_not_rerun(project):
     assert "1 ran, 7 up to date" in parallel(work, env, "--jobs", "3", "prune")  # validate always runs
 
 
+def test_a_methods_stages_rerun_only_for_the_params_it_reads(project):
+    """Changing any prune.bifp key reran every prune stage (magnitude and SNIP too)."""
+    work, env = project
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["prune"]["bifp"]["score_lr"] = 0.005  # read by the BiFP methods only: nothing here reruns
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "1 ran, 7 up to date" in parallel(work, env, "--jobs", "2", "prune")
+    params["prune"]["score_batches"] = 2  # read by SNIP, not by magnitude
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = parallel(work, env, "--jobs", "2", "prune")
+    assert "3 ran, 5 up to date" in out
+    assert "prune@snip-0.5-0: ran" in out and "prune@magnitude-0.5-0: up to date" in out
+
+
 def test_a_failed_stage_blocks_its_downstream_only_and_exits_non_zero(project):
     work, env = project
     params = yaml.safe_load((work / "params.yaml").read_text())

@@ -116,3 +116,35 @@ def test_saved_model_reloads_with_identical_outputs(digits, tmp_path):
     x = digits.images[:8].float() / 255
     assert extra["record"] == {"x": 1}
     assert torch.equal(model(x), loaded.eval()(x))
+
+
+class _RecordingOptions(dict):
+    """ctx.options that remembers every key a method asks for."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.asked = set()
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_each_method_reads_only_the_settings_its_stage_depends_on(name, digits):
+    """A method's prune stages depend on its declared `reads` only (data/method_params/<method>.json);
+    reading anything else would leave its results stale when that param changes."""
+    from fairprune.config import Params
+
+    method = get_method(name)
+    options = _RecordingOptions({**Params().prune.model_dump(exclude={"methods", "sparsities"}), "finetune_epochs": 1})
+    model = fresh_model(digits)
+    ctx = PruneContext(digits, torch.device("cpu"), options=options, retrain=lambda *a: None,
+                       rewind_state=copy.deepcopy(model.state_dict()))
+    method.prune(model, 0.5, ctx)
+    assert options.asked <= {"exclude_output_layer", "finetune_epochs", *method.reads}, \
+        f"{name} reads {sorted(options.asked - set(method.reads))} without declaring them in `reads`"

@@ -5,7 +5,8 @@ and a manifest names its images inside a CSV), so this always-run stage writes
 `data/source.json`, a digest of every file the data comes from (name, size, modification time; a
 manifest's CSV by content, then each image it lists), which changes exactly when the data does.
 `prepare` depends on it: editing a manifest, replacing the tarball or adding images reruns
-`prepare`, and nothing else does. It also writes `data/params.ok` once params.yaml validates, so an
+`prepare`, and nothing else does. It writes `data/method_params/<method>.json`, the params each
+method's prune stages read (their dependency instead of every `prune.*` key). It also writes `data/params.ok` once params.yaml validates, so an
 invalid file stops `dvc repro` before DVC deletes any output. Likewise an MLflow store the stages
 could not write to (`fairprune.tracking.store_problem`).
 
@@ -23,7 +24,7 @@ from fairprune import config
 from fairprune.config import DataParams
 from fairprune.errors import ParamsError
 
-STAMP, SOURCE = Path("data/params.ok"), Path("data/source.json")
+STAMP, SOURCE, METHOD_PARAMS = Path("data/params.ok"), Path("data/source.json"), Path("data/method_params")
 
 
 def _stat_line(path: Path) -> str:
@@ -57,6 +58,19 @@ def source_lines(data: DataParams) -> list[str]:
     return lines
 
 
+def write_method_params(params) -> None:
+    """One file per pruning method: the params its prune stages read, their DVC dependency (a BiFP
+    setting reruns the BiFP stages only)."""
+    import shutil
+
+    from fairprune.pruning.finetune import method_params
+
+    shutil.rmtree(METHOD_PARAMS, ignore_errors=True)
+    METHOD_PARAMS.mkdir(parents=True)
+    for spec in params.prune.methods:
+        (METHOD_PARAMS / f"{spec}.json").write_text(json.dumps(method_params(params, spec), indent=1, sort_keys=True) + "\n")
+
+
 def main() -> int:
     try:
         params = config.load("params.yaml")
@@ -74,6 +88,7 @@ def main() -> int:
               "digest": hashlib.sha256("\n".join(lines).encode()).hexdigest()}
     SOURCE.parent.mkdir(parents=True, exist_ok=True)
     SOURCE.write_text(json.dumps(record, indent=1) + "\n")
+    write_method_params(params)
     STAMP.write_text("params.yaml validated by the validate stage\n")
     print(f"params.yaml: ok; data source {record['dataset']}: {record['files']} file(s), digest {record['digest'][:12]}")
     return 0

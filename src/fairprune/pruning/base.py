@@ -45,6 +45,9 @@ class PruningMethod:
     # True for methods that fine-tune with their own step (BiFP, CEAG): they implement
     # training_step(model, optimizer, device), and a +fair_aft arm would be ignored.
     owns_finetuning: bool = False
+    # The `prune.*` settings it reads from ctx.options, and nothing else: its stage depends on exactly
+    # these (fairprune.pruning.finetune.method_params), so a change elsewhere does not rerun it.
+    reads: tuple[str, ...] = ()
 
     def check(self, sparsity: float) -> None:
         """Raise ParamsError when this method cannot reach `sparsity`."""

@@ -209,6 +209,7 @@ class BifpUnstructured(PruningMethod):
     """A score per weight, global top-k hard mask, straight-through to the scores."""
 
     name = "bifp_uns"
+    reads = ("bifp",)
     owns_finetuning = True
     overrides: dict = {}  # ablations fix some settings
     lagrangian = False

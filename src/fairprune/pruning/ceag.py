@@ -48,6 +48,7 @@ class Ceag(PruningMethod):
     """One-shot magnitude pruning, then fine-tuning under CEAG's per-group excess-gap constraints."""
 
     name = "ceag"
+    reads = ("ceag", "score_batch_size")
     owns_finetuning = True
     constraint = "accuracy_gap"
     gradual = False

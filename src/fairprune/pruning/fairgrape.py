@@ -121,6 +121,7 @@ class FairGrape(PruningMethod):
     the importance, in rounds with short retraining between them."""
 
     name = "fairgrape"
+    reads = ("fairgrape",)
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> nn.Module:
         settings = FairgrapeParams(**ctx.options.get("fairgrape", {}))

@@ -44,6 +44,18 @@ def start_checkpoint(params: Params, method_spec: str, seed: int) -> Path:
     return path
 
 
+def method_params(params: Params, method_spec: str) -> dict:
+    """Every param a `prune@<method_spec>-...` stage reads besides base.device: the method's own
+    `prune.*` settings (its `reads`), the fine-tuning and, for a fair arm, the mitigation settings.
+    The validate stage writes it to data/method_params/<method_spec>.json, the stage's DVC dependency."""
+    name, arm = split_arm(method_spec)
+    prune = params.prune.model_dump()
+    return {"method": method_spec,
+            "prune": {key: prune[key] for key in ("exclude_output_layer", *get_method(name).reads)},
+            "finetune": params.finetune.model_dump(),
+            **({"mitigation": params.mitigation.model_dump()} if arm else {})}
+
+
 def size_of(model: nn.Module, structured: bool, dense_params: int, exclude_output_layer: bool) -> dict:
     """Unstructured: fraction of zero weights in the prunable layers; structured: of parameters removed."""
     size = measure_sparsity(model, exclude_output_layer)
@@ -78,8 +90,7 @@ def prune_and_finetune(params: Params, method_spec: str, sparsity: float, seed: 
         return training.fit(net, data, opt, device, seed=seed, desc=desc)
 
     ctx = PruneContext(data=data, device=device, seed=seed, exclude_output_layer=params.prune.exclude_output_layer,
-                       options={**params.prune.model_dump(exclude={"methods", "sparsities"}),
-                                "finetune_epochs": params.finetune.epochs},
+                       options={**method_params(params, method_spec)["prune"], "finetune_epochs": params.finetune.epochs},
                        retrain=retrain, rewind_state=dense_extra.get("rewind_state"), log=log)
     model = method.prune(model, sparsity, ctx)
     # A method that exports its structure only after fine-tuning keeps a same-shaped twin to size it now.

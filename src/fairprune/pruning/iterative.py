@@ -26,6 +26,7 @@ class IterativeMagnitude(PruningMethod):
     sparsity and its retraining is the stage's fine-tuning."""
 
     name = "imp"
+    reads = ("imp_round_epochs",)
     RATE = 0.2
 
     @staticmethod

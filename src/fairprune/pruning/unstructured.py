@@ -103,6 +103,7 @@ class Snip(ScoredPruning):
     """SNIP (Lee et al. 2019): connection sensitivity |w * dL/dw| at the starting weights."""
 
     name = "snip"
+    reads = ("score_batches", "score_batch_size")
 
     def scores(self, model, targets, ctx, sparsity):
         model.eval()
@@ -119,6 +120,7 @@ class GraSP(ScoredPruning):
     """
 
     name = "grasp"
+    reads = ("score_batches", "score_batch_size", "grasp_temperature")
 
     def scores(self, model, targets, ctx, sparsity):
         model.eval()
@@ -142,6 +144,7 @@ class SynFlow(ScoredPruning):
     iteratively over `synflow_rounds` rounds on an exponential schedule (BatchNorm in eval)."""
 
     name = "synflow"
+    reads = ("synflow_rounds",)
 
     def scores(self, model, targets, ctx, sparsity):
         rounds = ctx.options.get("synflow_rounds", 100)
