@@ -5,7 +5,8 @@ import pandas as pd
 from fairprune import artifacts, tracking
 from fairprune import report_bifp, report_diagnostics
 from fairprune.config import MITIGATED_DENSE_ARMS, split_arm
-from fairprune.report import arms_table, figures, markdown_page, markdown_table, summary_table
+from fairprune.report import (arms_table, figures, markdown_page, markdown_table, remove_optional_tables,
+                              summary_table, tuning_section)
 from fairprune.stage import run
 
 
@@ -101,6 +102,7 @@ def main(params, args, timer):
     table = summary_table(records)
     out = artifacts.REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
+    remove_optional_tables(out)
     table.to_csv(out / "summary.csv", index=False)
     artifacts.write_json(out / "summary.json", {row["run"]: {k: v for k, v in row.items() if k != "run"}
                                                for row in table.to_dict(orient="records")})
@@ -132,6 +134,9 @@ def main(params, args, timer):
                      markdown_table(variants)]
     bifp, bifp_figures = bifp_sections(params, table, group_names, out)
     sections += bifp
+    tune_record = artifacts.TUNE_DIR / "pareto.json"
+    sections += tuning_section(artifacts.read_json(tune_record) if tune_record.exists() else None,
+                               artifacts.tune_inputs_digest(params))
     (out / "README.md").write_text(markdown_page(table, figure_paths, timings, data_info, sections + why))
     with tracking.stage_run(params.base, "report", "report", {"seeds": params.base.seeds,
                                                               "methods": params.prune.methods,

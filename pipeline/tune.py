@@ -27,12 +27,13 @@ from fairprune.tuning.study import (
     finished,
     open_study,
     redacted,
+    shown_storage,
     requeue_interrupted,
     storage_url,
     work,
 )
 
-OUT = artifacts.REPORT_DIR / "tune"
+OUT = artifacts.TUNE_DIR
 PARENT_RUN, TEST_RESULT = "mlflow_parent_run_id", "chosen_test"
 
 
@@ -125,7 +126,7 @@ def summarise(params, study, url, runner: TrialRunner) -> None:
     trials = study.get_trials(deepcopy=False)
     front, chosen = study.best_trials, summary.choose(study, params)
     record = {
-        "study": study.study_name, "storage": redacted(url), "method": tune.method, "sparsity": tune.sparsity,
+        "study": study.study_name, "storage": shown_storage(url, tracking.project_root()), "method": tune.method, "sparsity": tune.sparsity,
         "seed": tune.seed, "gap": tune.gap, "gap_budget": tune.gap_budget, "rule": summary.choice_rule(params),
         "complete": sum(t.state.name == "COMPLETE" for t in trials),
         "failed": sum(FAIL_REASON in t.user_attrs for t in trials),
@@ -135,6 +136,7 @@ def summarise(params, study, url, runner: TrialRunner) -> None:
         "pareto": [summary.trial_row(t) for t in sorted(front, key=lambda t: t.values[1])],
         "trials": [summary.trial_row(t) for t in trials],
         "chosen": summary.trial_row(chosen) if chosen else None,
+        "inputs_digest": artifacts.tune_inputs_digest(params),
     }
     OUT.mkdir(parents=True, exist_ok=True)
     files = [summary.pareto_figure(study, front, chosen, params, OUT / "pareto.png")]

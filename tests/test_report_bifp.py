@@ -53,3 +53,35 @@ def test_claims_table_tests_seeds_pairwise():
     assert worst["holds"] == "yes" and worst["measured"].startswith("0.850") and worst["significant"] == "yes"
     levelled = claims.loc["bifp_uns: no levelling down (best group within 1 point of magnitude pruning's)"]
     assert levelled["holds"] == "no" and levelled["against"].startswith("magnitude 1.000")
+
+
+def test_the_report_links_a_tuning_result_only_when_it_is_this_runs(tmp_path):
+    """A named config's report showed reports/tune/ of the default run (another checkout's study)."""
+    from fairprune.report import OPTIONAL_TABLES, remove_optional_tables, tuning_section
+
+    record = {"method": "magnitude+fair_aft", "sparsity": 0.9, "study": "s", "chosen": {"number": 3},
+              "inputs_digest": "abc"}
+    assert "tune/README.md" in "\n".join(tuning_section(record, "abc"))
+    stale = "\n".join(tuning_section(record, "other"))
+    assert "not this run's" in stale and "tune/README.md" not in stale
+    assert "not this run's" in "\n".join(tuning_section({**record, "inputs_digest": None}, "abc"))
+    assert tuning_section(None, "abc") == []
+    for name in OPTIONAL_TABLES:
+        (tmp_path / name).write_text("left by an earlier run")
+    remove_optional_tables(tmp_path)
+    assert not any((tmp_path / name).exists() for name in OPTIONAL_TABLES)
+
+
+def test_the_tune_inputs_digest_follows_what_a_study_reads_and_the_data(tmp_path, monkeypatch):
+    from fairprune import artifacts
+    from fairprune.config import validate
+
+    monkeypatch.chdir(tmp_path)
+    base = artifacts.tune_inputs_digest(validate({}))
+    assert artifacts.tune_inputs_digest(validate({"report": {"claims_sparsity": 0.5}})) == base
+    assert artifacts.tune_inputs_digest(validate({"prune": {"sparsities": [0.5]}})) == base
+    assert artifacts.tune_inputs_digest(validate({"mitigation": {"tolerance": 0.3}})) != base
+    assert artifacts.tune_inputs_digest(validate({"data": {"val_fraction": 0.3}})) != base
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "source.json").write_text('{"digest": "x"}')
+    assert artifacts.tune_inputs_digest(validate({})) != base

@@ -17,6 +17,8 @@ EVAL_DIR = Path("metrics/eval")
 PREDICTIONS_DIR = Path("predictions")
 EVALUATE_METRICS = Path("metrics/evaluate.json")
 REPORT_DIR = Path("reports")
+TUNE_DIR = REPORT_DIR / "tune"
+DATA_SOURCE = Path("data/source.json")  # the validate stage's digest of the data files
 CHECKPOINT_DIR = Path("checkpoints")
 
 
@@ -29,6 +31,22 @@ DIAGNOSE_DIR = Path("metrics/diagnose")
 DIAGNOSE_METRICS = Path("metrics/diagnose.json")
 TRADEOFF_METRICS = Path("metrics/tradeoff.json")
 LANDSCAPE_METRICS = Path("metrics/landscape.json")
+
+
+def tune_inputs_digest(params) -> str:
+    """A digest of what a tune study's result depends on (every params section it could read, and the
+    data files' digest): the report links reports/tune/ only when it matches the current one."""
+    import hashlib
+
+    dump = params.model_dump()
+    for section in ("report", "diagnose", "tradeoff"):
+        dump.pop(section, None)
+    for key in ("experiment", "tracking_uri", "artifact_root", "threads"):
+        dump["base"].pop(key, None)
+    for key in ("methods", "sparsities"):
+        dump["prune"].pop(key, None)
+    dump["data_source"] = DATA_SOURCE.read_text() if DATA_SOURCE.exists() else None
+    return hashlib.sha256(json.dumps(dump, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def dense_dir(seed: int) -> Path:

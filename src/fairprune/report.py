@@ -174,3 +174,27 @@ def markdown_page(table: pd.DataFrame, figure_paths: list[Path], timings: pd.Dat
         "group accuracy drops; worst_excess_drop = max over groups of (group drop - overall drop).",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+# Tables the report writes only when they apply: removed first, so that none is left from an earlier run.
+OPTIONAL_TABLES = ("arms.csv", "dense_variants.csv", "bifp_claims.csv", "bifp_efficiency.csv", "tradeoff.csv")
+
+
+def remove_optional_tables(out: Path) -> None:
+    for name in OPTIONAL_TABLES:
+        (out / name).unlink(missing_ok=True)
+
+
+def tuning_section(record: dict | None, current_digest: str) -> list[str]:
+    """The tune stage's result (its pareto.json) when it was made from the current params and data;
+    otherwise a line saying that reports/tune/ belongs to another run."""
+    if record is None:
+        return []
+    if record.get("inputs_digest") != current_digest:
+        return ["## Tuning", "When this report was made, `reports/tune/` held a study of other params or data, "
+                "not this run's (plain `dvc repro` runs `tune` before `report`; `make run CONFIG=...` leaves it "
+                "out): `dvc repro tune` redoes it for the current ones."]
+    chosen = record.get("chosen")
+    return ["## Tuning", f"{record['method']} at sparsity {record['sparsity']:g}, study `{record['study']}`: "
+            + (f"trial {chosen['number']} chosen on validation" if chosen else "no trial met the rule")
+            + "; [reports/tune/README.md](tune/README.md)."]

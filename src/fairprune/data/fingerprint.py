@@ -20,11 +20,11 @@ import json
 import sys
 from pathlib import Path
 
-from fairprune import config
+from fairprune import artifacts, config
 from fairprune.config import DataParams
 from fairprune.errors import ParamsError
 
-STAMP, SOURCE, METHOD_PARAMS = Path("data/params.ok"), Path("data/source.json"), Path("data/method_params")
+STAMP, SOURCE, METHOD_PARAMS = Path("data/params.ok"), artifacts.DATA_SOURCE, Path("data/method_params")
 
 
 def _stat_line(path: Path) -> str:

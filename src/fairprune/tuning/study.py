@@ -65,6 +65,18 @@ def redacted(url: str) -> str:
         return url
 
 
+def shown_storage(url: str, root: Path) -> str:
+    """The storage URL for reports: without its password, and relative when it lies in the project (an
+    absolute path would name the machine that ran it)."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix):
+        try:
+            return prefix + str(Path(url[len(prefix):]).resolve().relative_to(root.resolve()))
+        except ValueError:
+            pass
+    return redacted(url)
+
+
 def study_name(params: Params) -> str:
     """tune.study, or one name per search setting: changing anything a trial's result depends on
     (params, the dense model, the prepared data, fairprune's code) starts a new study, while
