@@ -1,18 +1,27 @@
 """Wall time of the default pipeline from a fresh copy, and of a second `dvc repro` with nothing changed.
 
 Targets: first run within 600 s on a 2-core CPU (installing excluded); no-op rerun under 10 s.
+With `--baseline REF` it also runs the pipeline of an earlier commit (`git archive REF`) in the same
+process, before this tree's, each copy importing its own `src/`, and prints the ratio of the two wall
+times and whether every test metric is identical (the start-up work of issue 26: same numbers, less
+time).
 
-    python benchmarks/bench_pipeline.py
+    python benchmarks/bench_pipeline.py [--baseline 8c21c69]
 """
+import argparse
+import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PROJECT = ("pipeline", "src", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
 
 
 def timed(cmd, cwd, env) -> float:
@@ -21,21 +30,54 @@ def timed(cmd, cwd, env) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for name in ("pipeline", "src", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+def checkout(ref: str | None, work: Path) -> None:
+    if ref is None:
+        for name in PROJECT:
             src = REPO / name
             (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
-        subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-        subprocess.run(["dvc", "init", "-q"], cwd=work, env=env, check=True)
-        first = timed([sys.executable, "-m", "fairprune.tracking"], work, env) + timed(["dvc", "repro"], work, env)
-        second = timed(["dvc", "repro"], work, env)
-        print(f"default pipeline, fresh copy   {first:7.1f} s   ({first / 600:.2f} of the 600 s budget)")
-        print(f"second dvc repro, no change    {second:7.1f} s   ({second / 10:.2f} of the 10 s budget)")
-        print((work / "reports" / "README.md").read_text().split("## Stage wall time (seconds)")[1].split("Gaps")[0])
+        return
+    archive = subprocess.run(["git", "archive", ref, *PROJECT], cwd=REPO, check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(work, filter="data")
+
+
+def test_metrics(work: Path) -> dict:
+    """Every evaluation record's numbers (not its timings)."""
+    keep = ("accuracy", "loss", "groups", "fairness")
+    return {p.name: {k: json.loads(p.read_text()).get(k) for k in keep}
+            for p in sorted((work / "metrics" / "eval").glob("*.json"))}
+
+
+def run_pipeline(work: Path) -> tuple[float, float, dict, str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(work / "src")}  # this copy's code, not the installed one
+    env.pop("MLFLOW_TRACKING_URI", None)
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=work, env=env, check=True)
+    first = timed([sys.executable, "-m", "fairprune.tracking"], work, env) + timed(["dvc", "repro"], work, env)
+    second = timed(["dvc", "repro"], work, env)
+    stages = (work / "reports" / "README.md").read_text().split("## Stage wall time (seconds)")[1].split("Gaps")[0]
+    return first, second, test_metrics(work), stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", help="a git ref whose pipeline runs first, for the ratio")
+    args = parser.parse_args()
+    runs = {}
+    for label, ref in ([("baseline " + args.baseline, args.baseline)] if args.baseline else []) + [("this tree", None)]:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkout(ref, Path(tmp))
+            runs[label] = run_pipeline(Path(tmp))
+        first, second, _, stages = runs[label]
+        print(f"[{label}] default pipeline, fresh copy   {first:7.1f} s   ({first / 600:.2f} of the 600 s budget)")
+        print(f"[{label}] second dvc repro, no change    {second:7.1f} s   ({second / 10:.2f} of the 10 s budget)")
+        print(stages)
+    if args.baseline:
+        (base, _, base_metrics, _), (now, _, now_metrics, _) = runs.values()
+        print(f"this tree / baseline {args.baseline}: {now / base:.2f}x the wall time (target <= 0.5x); test metrics "
+              + ("identical" if base_metrics == now_metrics else "DIFFER: " + ", ".join(
+                  k for k in base_metrics.keys() | now_metrics.keys() if base_metrics.get(k) != now_metrics.get(k))))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torchvision.models import mobilenet_v2
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from fairprune import tensorfile
 
@@ -37,6 +35,10 @@ def small_cnn(in_channels: int, size: int, num_classes: int) -> nn.Module:
 
 
 def _small_image_resnet(layers: list[int], in_channels: int, num_classes: int) -> nn.Module:
+    # torchvision imported here, not at the top: importing it costs every stage ~2 s (it loads all of
+    # torchvision.models and torch._dynamo), and the default small CNN does not need it
+    from torchvision.models.resnet import BasicBlock, ResNet
+
     net = ResNet(BasicBlock, layers, num_classes=num_classes)
     # CIFAR-style stem: a 3x3 stride-1 conv and no max-pool keep spatial detail of 32 px inputs.
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -56,6 +58,8 @@ def resnet18(in_channels: int, size: int, num_classes: int) -> nn.Module:
 
 @register("mobilenet_v2")
 def mobilenet(in_channels: int, size: int, num_classes: int) -> nn.Module:
+    from torchvision.models import mobilenet_v2
+
     net = mobilenet_v2(num_classes=num_classes)
     first = net.features[0][0]
     stride = 1 if size <= 64 else 2

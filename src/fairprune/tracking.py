@@ -207,9 +207,10 @@ def _digest(path: str, mtime_ns: int) -> str:
 def log_model(model, name: str = "model") -> str | None:
     """Log a model that reloads (mlflow.pytorch.load_model) as the project's own module; its MLflow
     model id, which the evaluation links its metrics to."""
+    from importlib.metadata import version
+
     import mlflow.pytorch
     import torch
-    import torchvision
 
     # Pickle is deliberate: it is the format that reloads pruned and physically smaller models
     # as the project's own modules; MLflow warns about it on every call.
@@ -219,7 +220,7 @@ def log_model(model, name: str = "model") -> str | None:
     info = mlflow.pytorch.log_model(
         model.cpu(), name=name, serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                          f"torchvision=={torchvision.__version__.split('+')[0]}", "fairprune"],
+                          f"torchvision=={version('torchvision').split('+')[0]}", "fairprune"],
     )
     return getattr(info, "model_id", None)
 
