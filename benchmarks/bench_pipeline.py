@@ -48,6 +48,20 @@ def test_metrics(work: Path) -> dict:
             for p in sorted((work / "metrics" / "eval").glob("*.json"))}
 
 
+def hessian_tops(work: Path) -> dict:
+    """Every Hessian top eigenvalue of the diagnose stage (groups and population), by file."""
+    tops = {}
+    for path in sorted((work / "metrics" / "diagnose").glob("*.json")):
+        record = json.loads(path.read_text())
+        tops[path.name] = [g.get("hessian_top") for g in record["groups"]] + [record["population"]["hessian_top"]]
+    return tops
+
+
+def largest_relative_difference(a: dict, b: dict) -> float:
+    pairs = [(x, y) for k in a.keys() & b.keys() for x, y in zip(a[k], b[k]) if x is not None and y is not None]
+    return max((abs(x - y) / max(abs(y), 1e-12) for x, y in pairs), default=float("nan"))
+
+
 def run_pipeline(work: Path) -> tuple[float, float, dict, str]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(work / "src")}  # this copy's code, not the installed one
@@ -57,7 +71,7 @@ def run_pipeline(work: Path) -> tuple[float, float, dict, str]:
     first = timed([sys.executable, "-m", "fairprune.tracking"], work, env) + timed(["dvc", "repro"], work, env)
     second = timed(["dvc", "repro"], work, env)
     stages = (work / "reports" / "README.md").read_text().split("## Stage wall time (seconds)")[1].split("Gaps")[0]
-    return first, second, test_metrics(work), stages
+    return first, second, (test_metrics(work), hessian_tops(work)), stages
 
 
 def main() -> None:
@@ -76,8 +90,11 @@ def main() -> None:
     if args.baseline:
         (base, _, base_metrics, _), (now, _, now_metrics, _) = runs.values()
         print(f"this tree / baseline {args.baseline}: {now / base:.2f}x the wall time (target <= 0.5x); test metrics "
-              + ("identical" if base_metrics == now_metrics else "DIFFER: " + ", ".join(
-                  k for k in base_metrics.keys() | now_metrics.keys() if base_metrics.get(k) != now_metrics.get(k))))
+              + ("identical" if base_metrics[0] == now_metrics[0] else "DIFFER: " + ", ".join(
+                  k for k in base_metrics[0].keys() | now_metrics[0].keys()
+                  if base_metrics[0].get(k) != now_metrics[0].get(k))))
+        print(f"diagnose: largest relative difference of a Hessian top eigenvalue, this tree vs baseline: "
+              f"{largest_relative_difference(now_metrics[1], base_metrics[1]):.2e}")
 
 
 if __name__ == "__main__":

@@ -20,14 +20,16 @@ def main(params, args, timer):
     if missing:
         raise DataError(f"models missing: {missing[:3]}; run `dvc repro` so the train and prune stages run first")
     samples, sizes = group_samples(data, cfg.split, cfg.per_group, cfg.seed, device)
-    several, dense, records = len(params.base.seeds) > 1, {}, []
+    several, dense, records, vectors = len(params.base.seeds) > 1, {}, [], {}
     with tracking.stage_run(params.base, "diagnose", "diagnose", {"diagnose": cfg.model_dump()}):
         import mlflow
         for i, (label, sparsity, seed, path) in enumerate(jobs):
             name = artifacts.run_name(label, sparsity, seed, several)
             model = models.load(path)[0].to(device)
+            # a pruned model's power iterations start from its dense model's eigenvectors: fewer steps
+            start = vectors.setdefault(seed, {}) if label == "dense" else dict(vectors.get(seed, {}))
             record = diagnose(model, samples, sizes, iterations=cfg.iterations, seed=cfg.seed,
-                              batch_size=cfg.batch_size)
+                              batch_size=cfg.batch_size, tolerance=cfg.tolerance, vectors=start)
             record.update(run=name, method=label, sparsity=sparsity, seed=seed, split=cfg.split)
             for group, group_name in zip(record["groups"], data.group_names):
                 group["name"] = group_name
@@ -49,7 +51,8 @@ def main(params, args, timer):
                 tracking.log_metrics({**flat, **{f"population/{k}": v for k, v in record["population"].items()}})
             print(f"[{i + 1}/{len(jobs)}] {name:>24}: grad norm "
                   + " ".join(f"{g.get('grad_norm', float('nan')):.3g}" for g in record["groups"])
-                  + f"  ({timer.seconds:.0f}s)")
+                  + f"  ({record['hvp_calls']} Hessian-vector products; {timer.seconds:.0f}s, about "
+                  f"{timer.seconds / (i + 1) * (len(jobs) - i - 1):.0f}s left)")
         summary = claims(records)
         summary["wall_s"] = timer.seconds
         artifacts.write_json(artifacts.DIAGNOSE_METRICS, summary)

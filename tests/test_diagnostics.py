@@ -132,3 +132,40 @@ def test_claims_correlate_within_each_model_not_over_pooled_points():
     assert claim["value"] == pytest.approx(-1.0) and claim["models"] == 10 and claim["groups"] == 5
     assert claim["verdict"] == "holds" and claim["p_value"] == pytest.approx(0.002, abs=1e-3)  # Wilcoxon, n = 10
     assert claims(records[:1])["claims"]["proposition1_size_vs_grad_norm"]["p_value"] is None
+
+
+def test_a_tolerance_stops_the_power_iteration_once_the_estimate_settles():
+    diagonal = torch.diag(torch.tensor([5.0, 1.0, 0.5]))
+    calls = []
+
+    def hvp(v):
+        calls.append(1)
+        return [diagonal @ v[0]]
+
+    start = [torch.ones(3) / 3 ** 0.5]
+    exact, _ = power_iteration(hvp, start, 200)
+    used_all = len(calls)
+    calls.clear()
+    early, _ = power_iteration(hvp, start, 200, tolerance=1e-6)
+    assert used_all == 200 and len(calls) < 20
+    assert early == pytest.approx(exact, rel=1e-5) and exact == pytest.approx(5.0, rel=1e-9)
+
+
+def test_a_pruned_model_warm_started_from_its_dense_eigenvectors_needs_fewer_products_for_the_same_values():
+    """diagnose was the slowest stage (issue 26): it now starts a pruned model's power iterations from
+    the dense model's eigenvectors (projected on the surviving weights) and stops at a tolerance."""
+    dense, groups, sizes = tiny(), samples(), np.array([30, 10])
+    pruned = tiny()
+    with torch.no_grad():
+        pruned[1].weight.mul_((pruned[1].weight.abs() > 0.2).float())
+    reference = diagnose(pruned, groups, sizes, iterations=500, seed=3)  # converged, cold
+    vectors = {}
+    diagnose(dense, groups, sizes, iterations=500, seed=3, tolerance=1e-6, vectors=vectors)
+    assert set(vectors) == {0, 1, "population"} and set(vectors[0]) == {n for n, _ in dense.named_parameters()}
+    cold = diagnose(pruned, groups, sizes, iterations=500, seed=3, tolerance=1e-6)
+    warm = diagnose(pruned, groups, sizes, iterations=500, seed=3, tolerance=1e-6, vectors=dict(vectors))
+    assert warm["hvp_calls"] < cold["hvp_calls"] < reference["hvp_calls"]
+    for result in (cold, warm):
+        for got, want in zip(result["groups"], reference["groups"]):
+            assert got["hessian_top"] == pytest.approx(want["hessian_top"], rel=1e-3)
+        assert result["population"]["hessian_top"] == pytest.approx(reference["population"]["hessian_top"], rel=1e-3)

@@ -207,7 +207,8 @@ class DiagnoseParams(_Section):
 
     split: Literal["train", "val", "test"] = "train"
     per_group: int = Field(default=256, ge=1)  # samples per group (seeded)
-    iterations: int = Field(default=20, ge=1)  # power iterations for the Hessian's top eigenvalue
+    iterations: int = Field(default=20, ge=1)  # at most this many power iterations per Hessian top eigenvalue
+    tolerance: float = Field(default=1e-3, ge=0.0)  # fewer once the estimate moves by at most this fraction
     batch_size: int = Field(default=256, ge=1)
     seed: int = 0
 

@@ -43,7 +43,8 @@ class Subspace:
     """The model's free parameters: every parameter, without the zeroed weights of pruned layers."""
 
     def __init__(self, model: nn.Module):
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names, self.params = [n for n, _ in named], [p for _, p in named]
         pruned = {id(m.weight) for m, _ in prunable_weights(model, exclude_output_layer=False)}
         self.masks = [(p != 0).to(p.dtype) if id(p) in pruned and bool((p == 0).any()) else None
                       for p in self.params]
@@ -54,6 +55,18 @@ class Subspace:
     def random_unit(self, generator: torch.Generator) -> list[torch.Tensor]:
         v = self.project([torch.randn(p.shape, generator=generator).to(p.device) for p in self.params])
         return [t / norm(v) for t in v]
+
+    def by_name(self, vector) -> dict[str, torch.Tensor]:
+        return {n: t.detach() for n, t in zip(self.names, vector)}
+
+    def start(self, named: dict[str, torch.Tensor] | None, generator: torch.Generator) -> list[torch.Tensor]:
+        """`named` (another model's eigenvector, by parameter name) projected on this subspace as the
+        unit start of a power iteration; a seeded random one when it does not fit (other shapes)."""
+        if named is None or any(n not in named or named[n].shape != p.shape for n, p in zip(self.names, self.params)):
+            return self.random_unit(generator)
+        v = self.project([named[n].to(p.device) for n, p in zip(self.names, self.params)])
+        length = norm(v)
+        return [t / length for t in v] if length > 0 else self.random_unit(generator)
 
 
 def gradient(model: nn.Module, space: Subspace, sample: GroupSample, batch_size: int) -> list[torch.Tensor]:
@@ -79,9 +92,11 @@ def hessian_vector_product(model: nn.Module, space: Subspace, sample: GroupSampl
     return space.project(total)
 
 
-def top_eigenvalue(hvp, space: Subspace, iterations: int, seed: int) -> tuple[float, list[torch.Tensor]]:
-    """The largest algebraic eigenvalue, by power iteration from a seeded random unit vector of the subspace."""
-    return top_eigenpair(hvp, space.random_unit(torch.Generator().manual_seed(seed)), iterations)
+def top_eigenvalue(hvp, space: Subspace, iterations: int, seed: int, tolerance: float = 0.0,
+                   start: dict | None = None) -> tuple[float, list[torch.Tensor]]:
+    """The largest algebraic eigenvalue, by power iteration from `start` (a warm start: another model's
+    eigenvector by parameter name) or a seeded random unit vector of the subspace."""
+    return top_eigenpair(hvp, space.start(start, torch.Generator().manual_seed(seed)), iterations, tolerance)
 
 
 @torch.no_grad()
@@ -125,21 +140,33 @@ def parameter_distance(model: nn.Module, dense: nn.Module) -> float:
 
 
 def diagnose(model: nn.Module, samples: list[GroupSample], sizes: np.ndarray, *, iterations: int, seed: int,
-             batch_size: int = 256) -> dict:
-    """Per-group and population diagnostics of one model on pre-drawn group samples."""
+             batch_size: int = 256, tolerance: float = 0.0, vectors: dict | None = None) -> dict:
+    """Per-group and population diagnostics of one model on pre-drawn group samples.
+
+    The Hessian's top eigenvalues come from at most `iterations` power steps, fewer once the estimate
+    moves by at most `tolerance` (relative). `vectors` carries eigenvectors between calls: those it
+    holds (another model's, e.g. the dense model of the same seed) are the warm starts, and this
+    model's replace them. `hvp_calls` in the record counts the Hessian-vector products (the cost)."""
     model.eval()
     space = Subspace(model)
+    vectors = {} if vectors is None else vectors
     present = [g for g, s in enumerate(samples) if len(s.targets)]
     weights = {g: sizes[g] / sizes[present].sum() for g in present}
-    groups, grads, hvps = [], {}, {}
+    groups, grads, hvps, calls = [], {}, {}, [0]
+
+    def group_hvp(v, sample):
+        calls[0] += 1
+        return hessian_vector_product(model, space, sample, v, batch_size)
+
     for g, sample in enumerate(samples):
         record = {"size": int(sizes[g]), "sample": len(sample.targets)}
         if g in present:
             record.update(_outputs(model, sample, batch_size))
             grads[g] = gradient(model, space, sample, batch_size)
             record["grad_norm"] = norm(grads[g])
-            hvps[g] = lambda v, s=sample: hessian_vector_product(model, space, s, v, batch_size)
-            record["hessian_top"], _ = top_eigenvalue(hvps[g], space, iterations, seed)
+            hvps[g] = lambda v, s=sample: group_hvp(v, s)
+            record["hessian_top"], vector = top_eigenvalue(hvps[g], space, iterations, seed, tolerance, vectors.get(g))
+            vectors[g] = space.by_name(vector)
         groups.append(record)
 
     population_grad = combine([grads[g] for g in present], [weights[g] for g in present])
@@ -147,8 +174,11 @@ def diagnose(model: nn.Module, samples: list[GroupSample], sizes: np.ndarray, *,
     def population_hvp(v):
         return combine([hvps[g](v) for g in present], [weights[g] for g in present])
 
-    population_top, _ = top_eigenvalue(population_hvp, space, iterations, seed)
+    population_top, vector = top_eigenvalue(population_hvp, space, iterations, seed, tolerance,
+                                            vectors.get("population"))
+    vectors["population"] = space.by_name(vector)
     return {"groups": groups, "population": {"grad_norm": norm(population_grad), "hessian_top": population_top},
+            "hvp_calls": calls[0],
             "free_parameters": int(sum(p.numel() if m is None else int(m.sum())
                                        for p, m in zip(space.params, space.masks)))}
 

@@ -22,33 +22,38 @@ def combine(vectors: list[Vector], weights: list[float]) -> Vector:
     return [sum(w * v[i] for w, v in zip(weights, vectors)) for i in range(len(vectors[0]))]
 
 
-def power_iteration(hvp: Callable[[Vector], Vector], v: Vector, iterations: int) -> tuple[float, Vector]:
+def power_iteration(hvp: Callable[[Vector], Vector], v: Vector, iterations: int,
+                    tolerance: float = 0.0) -> tuple[float, Vector]:
     """The eigenvalue of largest MAGNITUDE of `hvp` (Rayleigh quotient) and its unit vector,
-    starting from the unit vector `v` (random, or the last call's result to warm-start)."""
+    starting from the unit vector `v` (random, or the last call's result to warm-start). At most
+    `iterations` steps; fewer when two successive estimates differ by at most `tolerance` x |estimate|."""
     eigenvalue = 0.0
-    for _ in range(iterations):
+    for step in range(iterations):
         hv = hvp(v)
-        eigenvalue = dot(v, hv)
+        previous, eigenvalue = eigenvalue, dot(v, hv)
         length = norm(hv)
         if length == 0.0:
             break
         v = [t / length for t in hv]
+        if tolerance and step and abs(eigenvalue - previous) <= tolerance * abs(eigenvalue):
+            break
     return eigenvalue, v
 
 
-def top_eigenpair(hvp: Callable[[Vector], Vector], v: Vector, iterations: int) -> tuple[float, Vector]:
+def top_eigenpair(hvp: Callable[[Vector], Vector], v: Vector, iterations: int,
+                  tolerance: float = 0.0) -> tuple[float, Vector]:
     """The largest ALGEBRAIC eigenvalue (Tran et al.'s lambda_max in Eq. 4 and 7) and its unit vector.
 
     Plain power iteration finds the eigenvalue mu of largest magnitude, which is the largest
     algebraic one unless it is negative (a Hessian away from a minimum often has such directions).
     Then every eigenvalue of H - mu I is >= 0 and its largest is lambda_max - mu: a second power
     iteration on the shifted operator, from the same start `v` (so a warm start still helps)."""
-    mu, vector = power_iteration(hvp, v, iterations)
+    mu, vector = power_iteration(hvp, v, iterations, tolerance)
     if mu >= 0:
         return mu, vector
 
     def shifted(u: Vector) -> Vector:
         return combine([hvp(u), u], [1.0, -mu])
 
-    _, vector = power_iteration(shifted, v, iterations)
+    _, vector = power_iteration(shifted, v, iterations, tolerance)
     return dot(vector, hvp(vector)), vector
