@@ -249,3 +249,38 @@ def test_max_samples_below_the_number_of_strata_says_so(caplog):
     with caplog.at_level(logging.WARNING):
         data = prepare(DataParams(max_samples=10))
     assert sum(data.stats()["n_per_split"].values()) > 10 and "keeps at least one" in caplog.text
+
+
+def test_a_16_bit_png_keeps_its_grey_levels(tmp_path):
+    """16-bit PNGs decoded to all white (Pillow's convert clips at 255)."""
+    from fairprune.data.images import decode
+
+    path = tmp_path / "deep.png"
+    ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    decoded = decode(str(path), 16, channels=1, center_crop=False)[..., 0]
+    np.testing.assert_array_equal(decoded, np.round(ramp / 257).astype(np.uint8))
+    assert decode(str(path), 16, channels=3).mean() == pytest.approx(127.5, abs=1)
+
+
+def test_exif_orientation_is_applied_before_the_centre_crop(tmp_path):
+    """Phone photos arrive rotated: a JPEG stored sideways with EXIF orientation 6 must decode as it
+    is shown, like the same picture saved upright."""
+    from PIL import ImageOps
+
+    from fairprune.data.images import decode
+
+    stored = np.zeros((40, 20, 3), dtype=np.uint8)  # tall as stored: left half white
+    stored[:, :10] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(sideways, exif=exif, quality=95)
+    upright = tmp_path / "upright.png"
+    ImageOps.exif_transpose(Image.open(sideways)).save(upright)
+    assert Image.open(upright).size == (40, 20)
+    got, want = decode(str(sideways), 8, channels=1), decode(str(upright), 8, channels=1)
+    assert want[:3].mean() > 200 and want[-3:].mean() < 50  # upright: the white half is on top
+    assert got[:3].mean() > 200 and got[-3:].mean() < 50  # stored sideways: the white half was on the left
+    assert np.abs(got.astype(int) - want.astype(int)).mean() <= 6  # JPEG (draft-scale decoding) noise only

@@ -6,18 +6,33 @@ from typing import IO
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
+
+EXIF_ORIENTATION = 0x0112
+
+
+def _upright_8bit(img: Image.Image) -> Image.Image:
+    """The image as a camera app shows it (EXIF orientation applied: phone photos are stored sideways)
+    and, for 16/32-bit greyscale (PNG, TIFF), scaled to 8 bits: Pillow's own convert clips those
+    values at 255, which turned a 16-bit PNG all white."""
+    if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        values = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
+    return img
 
 
 def decode(source: str | IO[bytes], size: int, channels: int = 3, center_crop: bool = True) -> np.ndarray:
     """Decode one image file to a (size, size, channels) uint8 array.
 
     JPEG `draft` lets libjpeg decode at a reduced scale, which is most of the speed-up when
-    200 px faces become 32 px tensors.
+    200 px faces become 32 px tensors. A non-square image is centre-cropped to a square first (its
+    longer side loses both ends equally), unless `center_crop` is false (then it is stretched).
     """
     with Image.open(source) as img:
         img.draft("RGB" if channels == 3 else "L", (size, size))
-        img = img.convert("RGB" if channels == 3 else "L")
+        img = _upright_8bit(img).convert("RGB" if channels == 3 else "L")
         if center_crop and img.width != img.height:
             side = min(img.width, img.height)
             left, top = (img.width - side) // 2, (img.height - side) // 2
