@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install params run run-parallel tune protocol test test-slow bench results docs clean-outputs
+.PHONY: install params run run-parallel tune protocol status test test-slow bench results docs clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ protocol: params
 	$(BIN)/fairprune-params apply reports/tune/chosen.yaml
 	$(BIN)/python -m fairprune.parallel --jobs $(or $(JOBS),2) evaluate
 	$(BIN)/python -m fairprune.results collect $(basename $(notdir $(CONFIG))) --config $(CONFIG) --config reports/tune/chosen.yaml
+
+# What `dvc repro` would rerun: validate first, since the data files' digest and each method's params
+# (what its prune stages depend on) are its outputs.
+status: install
+	$(BIN)/dvc repro -q validate
+	$(BIN)/dvc status
 
 test: install
 	$(BIN)/python -m pytest
