@@ -59,11 +59,11 @@ def bifp_sections(params, table: pd.DataFrame, group_names: list[str], out) -> t
     claims.to_csv(out / "bifp_claims.csv", index=False)
     efficiency.to_csv(out / "bifp_efficiency.csv", index=False)
     landscape = artifacts.read_json(artifacts.LANDSCAPE_METRICS)
-    bifp_figures = [report_bifp.efficiency_figure(curves, efficiency, out / "figures" / "bifp_efficiency.png"),
-                    report_bifp.ablation_figure(table, sparsity, out / "figures" / "bifp_ablations.png"),
-                    report_bifp.landscape_figure(landscape, out / "figures" / "bifp_landscape.png")]
-    bifp_figures = [f for f in bifp_figures if f is not None]
-    figures += bifp_figures
+    efficiency_figure = report_bifp.efficiency_figure(curves, efficiency, out / "figures" / "bifp_efficiency.png")
+    ablation_figures = [f for f in (report_bifp.ablation_figure(table, sparsity, out / "figures" / "bifp_ablations.png"),
+                                    report_bifp.landscape_figure(landscape, out / "figures" / "bifp_landscape.png"))
+                        if f is not None]
+    figures += [f for f in (efficiency_figure, *ablation_figures) if f is not None]
     sections += [f"## BiFP: the paper's claims at sparsity {sparsity:g} (evaluation split)",
                 "mean ± std over seeds; paired p: two-sided paired t-test across seeds of the two columns "
                 f"(significant below {report_bifp.SIGNIFICANCE}); n/a with fewer than two seeds",
@@ -74,9 +74,12 @@ def bifp_sections(params, table: pd.DataFrame, group_names: list[str], out) -> t
                                                        else str(params.report.target_gap))
                 + "; two-stage fair_then_prune is charged its fair dense training; epoch granularity",
                 markdown_table(report_bifp.efficiency_summary(efficiency), ".1f"),
-                "Ablations (Figure 7) and the straight line from bifp_uns to each ablation (Figure 8: "
-                "alpha = 0 is BiFP, 1 the ablation; masks folded into the weights)",
-                *[f"![{p.stem}](figures/{p.name})" for p in bifp_figures]]
+                *([f"![{efficiency_figure.stem}](figures/{efficiency_figure.name})"] if efficiency_figure else [])]
+    if ablation_figures:  # only when an ablation (bifp_no_*) is in prune.methods
+        sections += ["## BiFP: ablations",
+                     "Ablations (Figure 7) and the straight line from bifp_uns to each ablation (Figure 8: "
+                     "alpha = 0 is BiFP, 1 the ablation; masks folded into the weights)",
+                     *[f"![{p.stem}](figures/{p.name})" for p in ablation_figures]]
     return sections, figures
 
 

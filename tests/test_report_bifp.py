@@ -85,3 +85,16 @@ def test_the_tune_inputs_digest_follows_what_a_study_reads_and_the_data(tmp_path
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "source.json").write_text('{"digest": "x"}')
     assert artifacts.tune_inputs_digest(validate({})) != base
+
+
+def test_no_ablation_section_without_an_ablation_in_the_run(tmp_path):
+    """The report showed an "Ablations" figure for a run of bifp_uns and magnitude only."""
+    import pandas as pd
+
+    from fairprune.report_bifp import ablation_figure
+
+    rows = [{"method": m, "sparsity": 0.9, "seed": s, "accuracy": 0.9 - 0.01 * s, "accuracy_gap": 0.1}
+            for m in ("bifp_uns", "magnitude") for s in (0, 1)]
+    assert ablation_figure(pd.DataFrame(rows), 0.9, tmp_path / "a.png") is None
+    rows += [{**row, "method": "bifp_no_fair"} for row in rows[:2]]
+    assert ablation_figure(pd.DataFrame(rows), 0.9, tmp_path / "a.png").is_file()

@@ -192,7 +192,7 @@ def efficiency_figure(curves: dict, efficiency: pd.DataFrame, out: Path) -> Path
 
 def ablation_figure(table: pd.DataFrame, sparsity: float, out: Path) -> Path | None:
     methods = [m for m in ("bifp_uns", *ABLATIONS, "magnitude") if m in set(table.method)]
-    if len(methods) < 2:
+    if not set(ABLATIONS) & set(methods):  # no ablation ran: nothing to show
         return None
     part = table[(table.method.isin(methods)) & (table.sparsity == sparsity)]
     grouped = part.groupby("method")[["accuracy", "accuracy_gap"]].agg(["mean", "std"]).reindex(methods)
