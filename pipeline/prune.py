@@ -35,7 +35,8 @@ def main(params, args, timer):
     dvc_stage = f"prune@{args.method}-{artifacts.sparsity_label(args.sparsity)}-{args.seed}"
     pruned_at = {}
     with tracking.stage_run(params.base, "prune", dvc_stage, {k: v for k, v in own_params.items() if k != "method"},
-                            run_id=previous and previous.get("mlflow_run_id"), method=args.method,
+                            run_id=previous and previous.get("mlflow_run_id"), system_metrics=True,
+                            method=args.method,
                             arm=arm_label(name, arm),
                             sparsity=args.sparsity, seed=args.seed) as mlrun:
         tracking.log_dataset(data, artifacts.PREPARED, "training")

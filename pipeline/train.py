@@ -36,7 +36,7 @@ def main(params, args, timer):
     if mitigation:
         logged["mitigation"] = mitigation.model_dump()
     with tracking.stage_run(params.base, "train", dvc_stage, logged,
-                            run_id=previous and previous.get("mlflow_run_id"), seed=args.seed,
+                            run_id=previous and previous.get("mlflow_run_id"), system_metrics=True, seed=args.seed,
                             method=artifacts.dense_label(args.variant), sparsity=0.0) as mlrun:
         rewind["mlflow_run_id"] = mlrun.info.run_id
         tracking.log_dataset(data, artifacts.PREPARED, "training")

@@ -127,17 +127,60 @@ def flatten(params: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def process_tags() -> dict[str, str]:
+    """Which process writes the run: a run left RUNNING by a process that no longer exists is ended."""
+    import socket
+
+    import psutil
+
+    return {"fairprune.host": socket.gethostname(), "fairprune.pid": str(os.getpid()),
+            "fairprune.pid_started": f"{psutil.Process().create_time():.3f}"}
+
+
+def _alive(pid: str, started: str) -> bool:
+    import psutil
+
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.3f}" == started  # not a reused pid
+    except (psutil.Error, ValueError):
+        return False
+
+
+def end_orphaned_runs(experiment_id: str, keep: str | None = None) -> int:
+    """End the runs of this experiment left RUNNING by a process of this machine that died (kill -9, a
+    lost node, an Optuna worker whose trial Optuna then marked FAIL; DVC restoring a stage from its run
+    cache starts no process that would end them). Tune trials end FAILED, as Optuna records them;
+    stage runs KILLED. Returns how many it ended."""
+    import socket
+
+    import mlflow
+
+    client, host, ended = mlflow.MlflowClient(), socket.gethostname(), 0
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if run.info.run_id == keep or tags.get("fairprune.host") != host or "fairprune.pid" not in tags:
+            continue
+        if not _alive(tags["fairprune.pid"], tags.get("fairprune.pid_started", "")):
+            client.set_terminated(run.info.run_id, "FAILED" if "trial" in tags else "KILLED")
+            ended += 1
+    if ended:
+        print(f"note: ended {ended} MLflow run(s) left RUNNING by killed processes", file=sys.stderr)
+    return ended
+
+
 @contextlib.contextmanager
 def stage_run(base: BaseParams, stage: str, dvc_stage: str, params: dict, run_id: str | None = None,
-              **tags) -> Iterator[object]:
+              system_metrics: bool = False, **tags) -> Iterator[object]:
     """An MLflow run for one stage execution, tagged and with its params logged.
 
-    Pass `run_id` to continue a run (a resumed training keeps its metric history).
+    Pass `run_id` to continue a run (a resumed training keeps its metric history). `system_metrics`
+    samples CPU, memory and GPU use into the run (`system/...` metrics) while it lasts.
     """
     import mlflow
 
     experiment_id = ensure_store(base)
-    all_tags = {"stage": stage, "dvc_stage": dvc_stage, "git_commit": git_commit(),
+    end_orphaned_runs(experiment_id, keep=run_id)
+    all_tags = {"stage": stage, "dvc_stage": dvc_stage, "git_commit": git_commit(), **process_tags(),
                 **{k: str(v) for k, v in tags.items()}}
     name = dvc_stage.replace("@", "-")
     mlflow.set_experiment(experiment_id=experiment_id)
@@ -145,7 +188,10 @@ def stage_run(base: BaseParams, stage: str, dvc_stage: str, params: dict, run_id
         print(f"note: MLflow run {run_id} of the interrupted {dvc_stage} is not in the tracking store (a new or "
               f"lost store); the resumed stage logs into a new run", file=sys.stderr)
         run_id = None
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=name, tags=all_tags) as run:
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=name, tags=all_tags,
+                          log_system_metrics=system_metrics) as run:
+        if run_id is not None:
+            mlflow.set_tags(process_tags())  # resumed by this process
         if run_id is None:
             mlflow.log_params({metric_name(k): str(v)[:6000] for k, v in flatten(params).items()})
         yield run

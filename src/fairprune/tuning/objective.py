@@ -121,7 +121,7 @@ class TrialRunner:
                                   parent_run_id=self.parent_run_id, nested=self.parent_run_id is not None,
                                   tags={"stage": "tune", "study": trial.study.study_name,
                                         "trial": str(trial.number), "method": tune.method,
-                                        "sparsity": str(tune.sparsity)}) as run:
+                                        "sparsity": str(tune.sparsity), **tracking.process_tags()}) as run:
                 trial.set_user_attr("mlflow_run_id", run.info.run_id)
                 mlflow.log_params(values)
                 val = self.score(trial_params, ("val",), log=tracking.log_metrics)["val"]
