@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from fairprune import artifacts, tracking
+from fairprune import artifacts, registry, tracking
 from fairprune import report_bifp, report_diagnostics
 from fairprune.config import MITIGATED_DENSE_ARMS, split_arm
 from fairprune.report import (arms_table, figures, markdown_page, markdown_table, remove_optional_tables,
@@ -98,6 +98,36 @@ def tradeoff_section(params, table: pd.DataFrame, out) -> tuple[list[str], list]
             markdown_table(summary), f"![{figure.stem}](figures/{figure.name})"], [figure]
 
 
+def registry_section(params, records: list[dict]) -> tuple[list[str], str]:
+    """Register the evaluated models, set the alias `champion` (fairprune.registry); the report's section
+    and the report run's tag."""
+    several = len(params.base.seeds) > 1
+    models = {}
+    for label, sparsity, seed, _ in artifacts.model_jobs(params):
+        path = (artifacts.train_metrics(seed, split_arm(label)[1] or "plain") if label.startswith("dense")
+                else artifacts.prune_metrics(label, sparsity, seed))
+        model_id = artifacts.read_json(path).get("mlflow_model_id") if path.exists() else None
+        if model_id:
+            models[artifacts.run_name(label, sparsity, seed, several)] = model_id
+    rows, target = registry.candidates(records, params.report.champion_gap)
+    best = registry.champion(rows)
+    best_run = best and artifacts.run_name(best.method, best.sparsity, params.base.seeds[0], several)
+    name = f"{params.base.experiment}-{params.data.dataset}-{params.data.target}"
+    version = registry.register(name, models, best_run)
+    rule = (f"the most accurate pruned configuration whose accuracy gap's 95 % upper bound (evaluation split, "
+            f"seeds and samples resampled) is at most {target:.4f}"
+            + (" (the dense model's gap)" if params.report.champion_gap is None else " (report.champion_gap)"))
+    if best is None:
+        reason = f"none qualifies: no pruned configuration meets {rule}"
+        return ["## Model Registry", f"{len(models)} models registered as `{name}`; alias `champion`: {reason}."], \
+            "none: " + reason
+    low, high = best.accuracy_interval
+    return ["## Model Registry", f"{len(models)} models registered as `{name}`. Alias `champion` -> version "
+            f"{version} (`{best_run}`): {best.method} at sparsity {best.sparsity:g}, accuracy {best.accuracy:.4f} "
+            f"[{low:.4f}, {high:.4f}], accuracy gap {best.gap:.4f} (upper bound {best.gap_upper:.4f}); rule: {rule}. "
+            f"Load it with `mlflow.pytorch.load_model('models:/{name}@champion')`."], best_run
+
+
 def main(params, args, timer):
     several = len(params.base.seeds) > 1
     names = [artifacts.run_name(label, p, s, several) for label, p, s, _ in artifacts.model_jobs(params)]
@@ -140,11 +170,14 @@ def main(params, args, timer):
     tune_record = artifacts.TUNE_DIR / "pareto.json"
     sections += tuning_section(artifacts.read_json(tune_record) if tune_record.exists() else None,
                                artifacts.tune_inputs_digest(params))
-    (out / "README.md").write_text(markdown_page(table, figure_paths, timings, data_info, sections + why))
     with tracking.stage_run(params.base, "report", "report", {"seeds": params.base.seeds,
                                                               "methods": params.prune.methods,
                                                               "sparsities": params.prune.sparsities}):
         import mlflow
+        registered, champion = registry_section(params, records)
+        mlflow.set_tag("champion", champion)
+        (out / "README.md").write_text(markdown_page(table, figure_paths, timings, data_info,
+                                                     sections + registered + why))
         mlflow.log_table(table, "summary_table.json")
         mlflow.log_artifact(str(out / "summary.csv"))
         mlflow.log_artifact(str(out / "README.md"))

@@ -25,7 +25,7 @@ METHODS = ("magnitude", "magnitude+fair_both", "bifp_uns", "bifp_str", "bifp_no_
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     work = tmp_path_factory.mktemp("project")
-    env = make_project(work, TINY)
+    env = {**make_project(work, TINY), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5"}  # stages last seconds
     sh(["dvc", "repro"], work, env, timeout=1200)  # about 4 min alone on 2 cores; a safety net, not a benchmark
     return work, env
 
@@ -181,6 +181,15 @@ def test_mlflow_has_a_run_per_stage_with_group_metrics_and_reloadable_models(pro
     assert len(diagnosed) == 24 and all("grad_norm/8" in r.data.metrics for r in diagnosed)
     train = by_stage["train"][0]
     assert "val_acc/8" in train.data.metrics and "train.lr" in train.data.params
+    assert any(k.startswith("system/") for k in train.data.metrics)  # CPU/memory (GPU on a GPU runner)
+    # the report registered every evaluated model and set the alias, or logged why none qualifies
+    assert len(client.search_model_versions("name = 'fairprune-digits-class'")) == 24
+    champion = by_stage["report"][0].data.tags["champion"]
+    if champion.startswith("none: "):
+        assert "no pruned configuration meets" in champion
+    else:
+        version = client.get_model_version_by_alias("fairprune-digits-class", "champion")
+        assert version.tags["run"] == champion
     mlflow.set_tracking_uri(uri)
     run = next(r for r in by_stage["prune"] if r.data.tags["method"] == "magnitude")
     evaluation = next(r for r in evaluated if r.data.params["method"] == "magnitude")

@@ -319,6 +319,9 @@ class ReportParams(_Section):
     claims_sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)  # BiFP claims; null: the sparsity nearest 0.7
     target_gap: float | None = Field(default=None, ge=0.0)  # efficiency target (validation); null: the dense model's gap
     target_accuracy_drop: float = Field(default=0.01, ge=0.0)  # efficiency target: within this of dense accuracy
+    # Model Registry alias `champion`: the most accurate pruned model whose accuracy gap's 95 % upper bound
+    # (evaluation split) is at most this; null: the dense model's gap
+    champion_gap: float | None = Field(default=None, ge=0.0)
 
 
 TUNABLE_SECTIONS = ("finetune", "mitigation", "prune")  # what a trial may change without retraining the dense model
