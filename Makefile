@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install params run run-parallel tune protocol status test test-slow bench results docs clean-outputs
+.PHONY: install params run run-parallel tune dashboard protocol status test test-slow bench results docs clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ protocol: params
 	$(BIN)/fairprune-params apply reports/tune/chosen.yaml
 	$(BIN)/python -m fairprune.parallel --jobs $(or $(JOBS),2) evaluate
 	$(BIN)/python -m fairprune.results collect $(basename $(notdir $(CONFIG))) --config $(CONFIG) --config reports/tune/chosen.yaml
+
+# optuna-dashboard on the study's storage (tune.storage / FAIRPRUNE_TUNE_STORAGE; default the project's
+# SQLite file), at http://127.0.0.1:$(PORT) (8080).
+dashboard: install
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(or $(PORT),8080) $(or $(FAIRPRUNE_TUNE_STORAGE),sqlite:///$(CURDIR)/tune/optuna.db)
 
 # What `dvc repro` would rerun: validate first, since the data files' digest and each method's params
 # (what its prune stages depend on) are its outputs.

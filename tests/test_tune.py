@@ -104,6 +104,30 @@ def test_failed_trials_are_recorded_with_their_reason_and_the_study_goes_on(proj
     assert result["failed"] == 3 and result["chosen"] is None
 
 
+def test_a_collapsed_trial_fails_with_its_reason_and_an_infeasible_one_is_marked_for_the_dashboard(project, monkeypatch):
+    """A trial whose model predicts one class was recorded COMPLETE (and squashed the Pareto plot); a trial
+    over tune.gap_budget showed as feasible in optuna-dashboard, which reads the list-format constraints."""
+    from fairprune.tuning import objective
+
+    monkeypatch.chdir(project)
+    params = set_tune(project, gap_budget=0.05)
+    study = open_study(params, f"sqlite:///{project / 'optuna.db'}")
+    outcomes = iter([(1, 0.10, 0.0), (10, 0.90, 0.20)])  # classes predicted, accuracy, gap
+
+    def score(self, params, splits=("val",), log=None, **_):
+        classes, accuracy, gap = next(outcomes)
+        record = {"val_accuracy": accuracy, "val_accuracy_gap": gap, "val_classes_predicted": classes}
+        return {"val": objective.Scores(accuracy, gap, record, 0.0)}
+
+    monkeypatch.setattr(objective.TrialRunner, "score", score)
+    study.optimize(objective.TrialRunner(params, torch.device("cpu"), None, None), n_trials=2, catch=(Exception,))
+    collapsed, infeasible = study.get_trials(deepcopy=False)
+    assert collapsed.state == optuna.trial.TrialState.FAIL and "collapsed" in collapsed.user_attrs[FAIL_REASON]
+    assert infeasible.state == optuna.trial.TrialState.COMPLETE
+    assert infeasible.system_attrs["constraints"] == [pytest.approx(0.15)]  # what optuna-dashboard reads
+    assert study.best_trials == []  # and Optuna too
+
+
 def test_the_study_is_new_when_the_dense_model_changes_and_a_worker_cannot_start_one(project, monkeypatch):
     monkeypatch.chdir(project)
     params = config.validate(yaml.safe_load((project / "params.yaml").read_text()))

@@ -7,17 +7,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 
 from fairprune import artifacts, config, models, tracking
 from fairprune.config import Params, SearchRange
 from fairprune.device import seed_everything
-from fairprune.errors import FairpruneError, TrainingDiverged
+from fairprune.errors import FairpruneError, TrainingCollapsed, TrainingDiverged
 from fairprune.evaluation import evaluate_split
 from fairprune.fairness import GroupStats, fairness_gaps
 from fairprune.pruning.finetune import prune_and_finetune
-from fairprune.tuning.study import FAIL_REASON, INTERRUPTED, SURPLUS, is_surplus
+from fairprune.tuning.study import FAIL_REASON, INTERRUPTED, SURPLUS, is_surplus, set_gap_constraint
 
 
 def suggest(trial: optuna.Trial, search: dict[str, SearchRange]) -> dict[str, Any]:
@@ -89,14 +90,16 @@ class TrialRunner:
         train_s = time.perf_counter() - start
         scores = {}
         for split in splits:
-            stats: GroupStats = self._predict(result.model, split).stats()
+            predictions = self._predict(result.model, split)
+            stats: GroupStats = predictions.stats()
             gaps = fairness_gaps(stats, self._dense_stats(seed, split))
             if tune.gap not in gaps:
                 raise FairpruneError(f"tune.gap = {tune.gap} needs a binary target; this data has "
                                      f"{self.data.num_classes} classes; pick accuracy_gap or excess_loss_gap")
             record = {f"{split}_accuracy": stats.overall_accuracy, f"{split}_loss": stats.overall_loss,
                       **{f"{split}_{name}": value for name, value in gaps.items()},
-                      **{f"{split}_acc/{group}": float(acc) for group, acc in zip(self.data.group_names, stats.accuracy)}}
+                      **{f"{split}_acc/{group}": float(acc) for group, acc in zip(self.data.group_names, stats.accuracy)},
+                      f"{split}_classes_predicted": int(np.unique(predictions.y_pred).size)}
             scores[split] = Scores(stats.overall_accuracy, gaps[tune.gap], record, train_s)
         return scores
 
@@ -128,11 +131,14 @@ class TrialRunner:
                 if not (math.isfinite(val.accuracy) and math.isfinite(val.gap)):
                     raise TrainingDiverged(f"validation accuracy {val.accuracy} / {tune.gap} {val.gap} is not finite")
                 tracking.log_metrics({**val.record, "train_s": val.train_s})
+                if val.record["val_classes_predicted"] < 2 <= self.data.num_classes:
+                    raise TrainingCollapsed(f"the model predicts one class for every validation sample (accuracy "
+                                            f"{val.accuracy:.3f}): collapsed, not a trade-off; recorded as failed")
         except FairpruneError as exc:
             trial.set_user_attr(FAIL_REASON, str(exc))
             raise
         if tune.gap_budget is not None:
-            trial.set_constraint("gap_budget", val.gap - tune.gap_budget)
+            set_gap_constraint(trial, val.gap - tune.gap_budget)
         for key, value in val.record.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("train_s", val.train_s)

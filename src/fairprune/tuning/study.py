@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from filelock import FileLock
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
@@ -139,6 +140,13 @@ def counted(trial: FrozenTrial) -> bool:
     if trial.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE):
         return True
     return trial.state == TrialState.FAIL and FAIL_REASON in trial.user_attrs
+
+
+def set_gap_constraint(trial: optuna.Trial, value: float) -> None:
+    """`value` <= 0 means feasible. Stored in Optuna's list format (system attr "constraints"), which both
+    Optuna 5 and optuna-dashboard 0.21 read: `trial.set_constraint` writes a per-name key the dashboard
+    does not, so infeasible trials looked feasible there."""
+    trial.storage.set_trial_system_attr(trial._trial_id, _CONSTRAINTS_KEY, [float(value)])
 
 
 def finished(trial: FrozenTrial) -> bool:
