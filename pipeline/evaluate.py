@@ -94,6 +94,7 @@ def main(params, args, timer):
             artifacts.PREDICTIONS_DIR.mkdir(parents=True, exist_ok=True)
             preds.save(artifacts.PREDICTIONS_DIR / f"{name}.npz")
             artifacts.write_json(artifacts.EVAL_DIR / f"{name}.json", record)
+            artifacts.write_json(artifacts.MODEL_METRICS_DIR / f"{name}.json", artifacts.model_metrics(record))
             records.append(record)
             model_id = stage_metrics.get("mlflow_model_id")
             with mlflow.start_run(run_name=name, nested=True,
@@ -113,7 +114,7 @@ def main(params, args, timer):
                                      model_id=model_id)
             print(f"{name:>24}: accuracy {record['accuracy']:.4f}  accuracy_gap "
                   f"{record['fairness']['accuracy_gap']:.4f}  sparsity {record['sparsity_actual']:.3f}")
-        artifacts.write_json(artifacts.EVALUATE_METRICS, {"models": len(records), "split": split,
+        artifacts.write_json(artifacts.EVALUATE_METRICS, {"models_evaluated": len(records), "split": split,
                                                           "wall_s": timer.seconds})
 
 

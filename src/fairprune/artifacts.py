@@ -14,6 +14,7 @@ PREPARED = Path("data/prepared.pt")
 PREPARE_METRICS = Path("metrics/prepare.json")
 DATA_STATS = Path("data/stats.json")
 EVAL_DIR = Path("metrics/eval")
+MODEL_METRICS_DIR = Path("metrics/models")  # the compact per-model numbers DVC shows (`dvc metrics show`)
 PREDICTIONS_DIR = Path("predictions")
 EVALUATE_METRICS = Path("metrics/evaluate.json")
 REPORT_DIR = Path("reports")
@@ -31,6 +32,13 @@ DIAGNOSE_DIR = Path("metrics/diagnose")
 DIAGNOSE_METRICS = Path("metrics/diagnose.json")
 TRADEOFF_METRICS = Path("metrics/tradeoff.json")
 LANDSCAPE_METRICS = Path("metrics/landscape.json")
+
+
+def model_metrics(record: dict) -> dict:
+    """What `dvc metrics show` / `dvc exp show` print per model: flat numbers a user compares (the full
+    record, with per-group details and per-sample bits, stays in metrics/eval/)."""
+    return {"accuracy": record["accuracy"], "loss": record["loss"], "sparsity_actual": record["sparsity_actual"],
+            **record["fairness"], **{f"acc/{g}": v["accuracy"] for g, v in record["groups"].items()}}
 
 
 def tune_inputs_digest(params) -> str:
