@@ -45,8 +45,22 @@ def _by_sparsity(table: pd.DataFrame, column: str) -> pd.DataFrame:
     return curves.groupby(["method", "sparsity"])[column].agg(["mean", "std"]).reset_index()
 
 
-def _line(ax, frame: pd.DataFrame, label: str) -> None:
-    ax.errorbar(frame["sparsity"], frame["mean"], yerr=frame["std"].fillna(0), marker="o", capsize=3, label=label)
+MARKERS, LINESTYLES = "osD^vPX*<>", ("-", "--", ":", "-.")
+
+
+def _line(ax, frame: pd.DataFrame, label: str, index: int = 0, of: int = 1, spread: float = 0.0) -> None:
+    """One curve, mean +- std over seeds. Series `index` (of `of`) gets its own marker and line style and,
+    with `spread`, a small sideways shift so that overlapping series stay visible."""
+    shift = (index - (of - 1) / 2) * spread
+    ax.errorbar(frame["sparsity"] + shift, frame["mean"], yerr=frame["std"].fillna(0), capsize=3, label=label,
+                marker=MARKERS[index % len(MARKERS)], linestyle=LINESTYLES[(index // len(MARKERS)) % len(LINESTYLES)],
+                markersize=4, alpha=0.85)
+
+
+def _bars_note(fig, table: pd.DataFrame) -> None:
+    seeds = table.groupby(["method", "sparsity"]).size().max()
+    fig.text(0.01, 0.005, f"mean over {seeds} seed(s), bars ± 1 std over seeds; evaluation split",
+             fontsize=7, color="0.35")
 
 
 def figures(table: pd.DataFrame, group_names: list[str], out_dir: Path) -> list[Path]:
@@ -56,45 +70,50 @@ def figures(table: pd.DataFrame, group_names: list[str], out_dir: Path) -> list[
 
     fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
     for ax, method in zip(axes[0], methods):
-        for g in group_names:
+        for i, g in enumerate(group_names):
             curve = _by_sparsity(table, f"acc/{g}")
-            _line(ax, curve[curve.method == method], g)
-        ax.set(title=f"{method}: accuracy per group", xlabel="sparsity", ylabel="test accuracy")
+            _line(ax, curve[curve.method == method], g, i, len(group_names), spread=0.003)
+        ax.set(title=f"{method}: accuracy per group", xlabel="sparsity", ylabel="accuracy of the group")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, ncol=2, title="group")
+    _bars_note(fig, table)
     paths.append(save_figure(fig, out_dir / "group_accuracy_vs_sparsity.png"))
 
     gaps = [g for g in (*GAPS, "demographic_parity_gap", "equalized_odds_gap") if g in table]
     fig, axes = plt.subplots(1, len(gaps), figsize=(4.5 * len(gaps), 4), squeeze=False)
     for ax, gap in zip(axes[0], gaps):
         curve = _by_sparsity(table, gap)
-        for method in methods:
-            _line(ax, curve[curve.method == method], method)
-        ax.set(title=gap, xlabel="sparsity")
+        for i, method in enumerate(methods):
+            _line(ax, curve[curve.method == method], method, i, len(methods), spread=0.003)
+        ax.set(title=gap, xlabel="sparsity", ylabel=f"{gap} (0 = equal groups)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
+    _bars_note(fig, table)
     paths.append(save_figure(fig, out_dir / "fairness_gaps_vs_sparsity.png"))
 
-    costs = [c for c in ("mac_reduction", "speedup") if c in table]
+    # masks leave the compute of unstructured pruning unchanged: a flat line at 1 says nothing
+    costs = [c for c in ("mac_reduction", "speedup") if c in table and (table[c].dropna() > 1.001).any()]
     if costs:
         fig, axes = plt.subplots(1, len(costs), figsize=(5 * len(costs), 4), squeeze=False)
         for ax, cost in zip(axes[0], costs):
             curve = _by_sparsity(table.assign(**{cost: table[cost].fillna(1.0)}), cost)
-            for method in methods:
-                _line(ax, curve[curve.method == method], method)
+            for i, method in enumerate(methods):
+                _line(ax, curve[curve.method == method], method, i)
             ax.set(title=f"{cost} vs dense" + (" (CPU, structured only)" if cost == "speedup" else ""),
-                   xlabel="sparsity")
+                   xlabel="sparsity", ylabel=f"{cost} (x the dense model)")
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8)
+        _bars_note(fig, table)
         paths.append(save_figure(fig, out_dir / "size_speed_vs_sparsity.png"))
 
     fig, ax = plt.subplots(figsize=(5, 4))
     curve = _by_sparsity(table, "accuracy")
-    for method in methods:
-        _line(ax, curve[curve.method == method], method)
-    ax.set(title="overall accuracy", xlabel="sparsity", ylabel="test accuracy")
+    for i, method in enumerate(methods):
+        _line(ax, curve[curve.method == method], method, i, len(methods), spread=0.003)
+    ax.set(title="overall accuracy", xlabel="sparsity", ylabel="accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    _bars_note(fig, table)
     paths.append(save_figure(fig, out_dir / "accuracy_vs_sparsity.png"))
     return paths
 
@@ -131,7 +150,7 @@ def arms_table(table: pd.DataFrame, reference: str | None = None) -> pd.DataFram
 
 
 def save_figure(fig, path: Path) -> Path:
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 1))  # room for the note under the axes
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
