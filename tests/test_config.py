@@ -193,3 +193,19 @@ def test_imbalance_null_means_none():
     from fairprune.config import validate
 
     assert validate({"data": {"imbalance": None}}).data.imbalance.groups == []
+
+
+def test_check_names_a_data_root_that_does_not_exist(tmp_path, monkeypatch, capsys):
+    """`fairprune-params check` accepted a missing data.root; the error came only when prepare ran."""
+    import yaml
+
+    from fairprune.config import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"data": {"dataset": "utkface", "root": "nowhere/UTKFace.tar.gz",
+                                                             "target": "race", "group": "race"}}))
+    assert main(["check", "p.yaml"]) == 2
+    assert "data.root" in capsys.readouterr().err
+    (tmp_path / "nowhere").mkdir()
+    (tmp_path / "nowhere" / "UTKFace.tar.gz").write_bytes(b"")
+    assert main(["check", "p.yaml"]) == 0

@@ -643,6 +643,17 @@ def apply_values(target: Path, values: dict):
     return base
 
 
+def check_paths(params: "Params") -> None:
+    """The files params name exist (checked by `fairprune-params check` and the validate stage, before
+    prepare decodes anything or DVC deletes its outputs); relative paths are the project root's."""
+    data = params.data
+    if data.dataset in NEEDS_ROOT and not data.download and not Path(data.root).exists():
+        raise ParamsError("data.root", data.root, f"an existing path (not found from {Path.cwd()}); "
+                          f"see docs/datasets.md for what {data.dataset} needs")
+    if data.image_root and not Path(data.image_root).is_dir():
+        raise ParamsError("data.image_root", data.image_root, "an existing folder, or null for the CSV's own")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`fairprune-params check [FILE]` or `fairprune-params apply OVERRIDE [--into params.yaml]`."""
     parser = argparse.ArgumentParser(prog="fairprune-params", description=main.__doc__)
@@ -667,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"prune.sparsities = {values}")
             return 0
         if args.command == "check":
-            load(args.file)
+            check_paths(load(args.file))
             print(f"{args.file}: ok")
             return 0
         target = Path(args.into)

@@ -74,6 +74,7 @@ def write_method_params(params) -> None:
 def main() -> int:
     try:
         params = config.load("params.yaml")
+        config.check_paths(params)
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
