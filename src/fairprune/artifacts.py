@@ -47,7 +47,7 @@ def tune_inputs_digest(params) -> str:
     import hashlib
 
     dump = params.model_dump()
-    for section in ("report", "diagnose", "tradeoff"):
+    for section in ("report", "diagnose", "tradeoff", "run"):
         dump.pop(section, None)
     for key in ("experiment", "tracking_uri", "artifact_root", "threads"):
         dump["base"].pop(key, None)

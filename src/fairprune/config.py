@@ -441,6 +441,15 @@ class TradeoffParams(_Section):
         return sweeps
 
 
+class RunParams(_Section):
+    """Stages as Ray tasks (`python -m fairprune.parallel`, `make run-parallel`): what each one asks of a node."""
+
+    cpus_per_stage: float = Field(default=1.0, gt=0.0)  # Ray CPUs per stage (also its torch threads, rounded up)
+    gpus_per_stage: float = Field(default=0.0, ge=0.0)  # Ray GPUs per stage; a fraction packs stages on one GPU
+    address: str | None = None  # an existing Ray cluster (RAY_ADDRESS wins); null: a local Ray instance
+    max_retries: int = Field(default=3, ge=0)  # re-runs of a stage whose worker or node died (not of a failure)
+
+
 class Params(_Section):
     base: BaseParams = BaseParams()
     data: DataParams = DataParams()
@@ -454,6 +463,7 @@ class Params(_Section):
     report: ReportParams = ReportParams()
     tune: TuneParams = TuneParams()
     tradeoff: TradeoffParams = TradeoffParams()
+    run: RunParams = RunParams()
 
     @model_validator(mode="after")
     def _fair_dense_is_trained(self) -> "Params":
@@ -641,6 +651,18 @@ def apply_values(target: Path, values: dict):
     _round_trip_yaml().dump(base, text)
     validate(yaml.safe_load(text.getvalue()))
     return base
+
+
+def run_section(path: str | Path) -> RunParams:
+    """The `run` section of a params file, validated on its own (fairprune.parallel needs it first)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        return RunParams(**((raw.get("run") or {}) if isinstance(raw, dict) else {}))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ParamsError("(file)", str(path), f"a readable params file ({exc})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ParamsError("run." + ".".join(str(p) for p in first["loc"]), first.get("input"), first["msg"]) from None
 
 
 def check_paths(params: "Params") -> None:
