@@ -97,6 +97,7 @@ def ensure_store(base: BaseParams) -> str:
     """
     import mlflow
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # mlflow's import sets its own INFO level
     uri, artifacts = resolve_uri(base)
     mlflow.set_tracking_uri(uri)
     lock_dir = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else project_root()
