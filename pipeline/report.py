@@ -114,11 +114,15 @@ def registry_section(params, records: list[dict]) -> tuple[list[str], str]:
     best_run = best and artifacts.run_name(best.method, best.sparsity, params.base.seeds[0], several)
     name = f"{params.base.experiment}-{params.data.dataset}-{params.data.target}"
     version = registry.register(name, models, best_run)
-    rule = (f"the most accurate pruned configuration whose accuracy gap's 95 % upper bound (evaluation split, "
-            f"seeds and samples resampled) is at most {target:.4f}"
-            + (" (the dense model's gap)" if params.report.champion_gap is None else " (report.champion_gap)"))
+    bound = (f"accuracy gap's 95 % upper bound (evaluation split, seeds and samples resampled) at most "
+             f"{target:.4f}" + (" (the dense model's gap)" if params.report.champion_gap is None
+                                else " (report.champion_gap)"))
+    rule = f"the most accurate pruned configuration with an {bound}"
     if best is None:
-        reason = f"none qualifies: no pruned configuration meets {rule}"
+        closest = min(rows, key=lambda c: c.gap_upper) if rows else None
+        reason = (f"none qualifies: no pruned configuration has an {bound}"
+                  + (f"; the closest, {closest.method} at {closest.sparsity:g}, has {closest.gap_upper:.4f}"
+                     if closest else ""))
         return ["## Model Registry", f"{len(models)} models registered as `{name}`; alias `champion`: {reason}."], \
             "none: " + reason
     low, high = best.accuracy_interval
