@@ -97,6 +97,8 @@ def figures(records: list[dict], method: str, out_dir: Path) -> list[Path]:
     frame = group_frame(records)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
+    split = records[0].get("split", "train") if records else "train"
+    where = f"each point: one group of one model, measured on its {split}-split sample (diagnose.split)"
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     _scatter(axes[0], frame[frame.method == "dense"], "size", "grad_norm", "group size vs gradient norm (dense)")
     axes[0].set_xscale("log")
@@ -104,6 +106,7 @@ def figures(records: list[dict], method: str, out_dir: Path) -> list[Path]:
     _scatter(axes[2], frame, "boundary_closeness", "hessian_top", "Hessian top eigenvalue vs boundary closeness")
     _scatter(axes[3], frame, "grad_norm", "hessian_top", "Hessian top eigenvalue vs gradient norm")
     axes[3].legend(fontsize=7, title="group")
+    fig.text(0.01, 0.005, where, fontsize=7, color="0.35")
     paths.append(save_figure(fig, out_dir / "diagnostics_correlations.png"))
 
     curve = frame[frame.method.isin(["dense", method])]
@@ -112,9 +115,12 @@ def figures(records: list[dict], method: str, out_dir: Path) -> list[Path]:
         stats = curve.groupby(["group", "sparsity"], sort=False)[column].agg(["mean", "std"]).reset_index()
         for group, part in stats.groupby("group", sort=False):
             ax.errorbar(part.sparsity, part["mean"], yerr=part["std"].fillna(0), marker="o", capsize=3, label=group)
-        ax.set(title=f"{method}: {column.replace('_', ' ')} per group", xlabel="sparsity")
+        ax.set(title=f"{method}: {column.replace('_', ' ')} per group ({split} split)", xlabel="sparsity",
+               ylabel=f"{column.replace('_', ' ')} ({split} split)")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, title="group")
+    fig.text(0.01, 0.005, f"mean over seeds, bars ± 1 std; {split}-split sample per group (diagnose.split)",
+             fontsize=7, color="0.35")
     paths.append(save_figure(fig, out_dir / "diagnostics_vs_sparsity.png"))
 
     if "bound_ratio" in frame and frame.bound_ratio.notna().any():
