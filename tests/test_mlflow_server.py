@@ -2,40 +2,24 @@
 params on nested runs, the dataset input, the per-group table, and evaluation metrics linked to the
 logged model."""
 import os
-import socket
-import subprocess
-import sys
-import time
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from conftest import start_mlflow_server
+
 from fairprune import tracking
 from fairprune.config import BaseParams
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    work = tmp_path_factory.mktemp("mlflow")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                                "--backend-store-uri", f"sqlite:///{work / 'store.db'}",
-                                "--artifacts-destination", str(work / "artifacts"), "--workers", "1"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.skip("mlflow server did not start within 60 s")
-    yield uri, work
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request, tmp_path):
+    """A real `mlflow server` process, its store in SQLite or in a throwaway PostgreSQL (the many-writer setup)."""
+    backend = (f"sqlite:///{tmp_path / 'store.db'}" if request.param == "sqlite"
+               else request.getfixturevalue("postgres"))
+    process, uri = start_mlflow_server(tmp_path, backend)
+    yield uri, tmp_path
     process.terminate()
     process.wait(timeout=30)
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import yaml
-from conftest import make_project, sh
+from conftest import make_project, sh, start_mlflow_server
 
 SMALL = {
     "base": {"seeds": [0, 1], "threads": 1},
@@ -40,32 +40,39 @@ def metrics(work):
     return {p.name: json.loads(p.read_text()) for p in sorted((work / "metrics" / "models").glob("*.json"))}
 
 
-def assert_complete(work, env) -> list:
-    """Every stage in dvc.lock, `dvc status` clean, no MLflow run left RUNNING; returns the KILLED runs."""
+def assert_complete(work, env, tracking_uri=None) -> list:
+    """Every stage in dvc.lock, `dvc status` clean, no MLflow run left RUNNING; returns the stage runs."""
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
     assert STAGES <= set(lock)
     assert set(json.loads(sh(["dvc", "status", "--json", "evaluate"], work, env))) <= {"validate"}
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri or f"sqlite:///{work / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("fairprune").experiment_id
     assert client.search_runs([experiment], "attributes.status = 'RUNNING'") == []
-    return client.search_runs([experiment], "attributes.status = 'KILLED'")
+    return [r for r in client.search_runs([experiment], max_results=1000) if "mlflow.parentRunId" not in r.data.tags]
 
 
-def test_two_nodes_run_the_stages_with_the_metrics_of_plain_dvc_repro(tmp_path, cluster):
+def test_two_nodes_log_to_a_tracking_server_on_postgresql_with_the_metrics_of_plain_dvc_repro(
+        tmp_path, cluster, postgres):
     for _ in range(2):
         cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray_work, plain_work = tmp_path / "ray", tmp_path / "plain"
     ray_work.mkdir()
     plain_work.mkdir()
-    env = make_project(ray_work, SMALL)
-    run = parallel(ray_work, env, cluster.address)
-    out, _ = run.communicate(timeout=900)
-    assert run.returncode == 0, out[-4000:]
-    assert "9 ran, 0 up to date, 0 failed" in out and "on 2 node(s)" in out, out[-4000:]
-    assert_complete(ray_work, env)
+    server, uri = start_mlflow_server(tmp_path, postgres)
+    try:
+        env = {**make_project(ray_work, SMALL), "MLFLOW_TRACKING_URI": uri}
+        run = parallel(ray_work, env, cluster.address)
+        out, _ = run.communicate(timeout=900)
+        assert run.returncode == 0, out[-4000:]
+        assert "9 ran, 0 up to date, 0 failed" in out and "on 2 node(s)" in out, out[-4000:]
+        runs = assert_complete(ray_work, env, uri)  # every stage's run reached the server, from both nodes
+        assert sorted(r.data.tags["dvc_stage"] for r in runs) == sorted(STAGES - {"validate"})
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
     plain_env = make_project(plain_work, SMALL)
     sh(["dvc", "repro", "evaluate"], plain_work, plain_env, timeout=900)
     assert metrics(ray_work) == metrics(plain_work) and len(metrics(ray_work)) == 6

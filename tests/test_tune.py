@@ -4,10 +4,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +26,6 @@ TINY = {
     "finetune": {"epochs": 1},
     "tune": {"trials": 4, "sampler": "random", "heartbeat_s": 1, "grace_s": 2},
 }
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 @pytest.fixture(scope="module")
@@ -222,48 +219,6 @@ def test_two_workers_on_one_sqlite_file_share_the_budget(project):
     ran = [int(line.split("ran ")[1].split()[0]) for line in out.splitlines() if line.startswith("worker ")]
     assert sum(ran) >= 6 and all(r > 0 for r in ran)
     assert_budget_shared(load_study(project), 6)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def postgres():
-    """A throwaway PostgreSQL server on a loopback port (Debian's server binaries, `initdb` in tmp)."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN}")
-    run_as = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser to drop to the postgres user")
-        try:
-            import pwd
-
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    # Not under pytest's tmp_path: its parents are private to root, and the server runs as postgres.
-    home = Path(tempfile.mkdtemp(prefix="fairprune-pg-"))
-    home.chmod(0o755)
-    data = home / "pg"
-    data.mkdir()
-    if run_as:
-        shutil.chown(data, "postgres")
-    subprocess.run([*run_as, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    port = free_port()
-    subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_two_workers_on_postgresql_share_the_budget(project, postgres):
