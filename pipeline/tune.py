@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -66,8 +67,49 @@ def spawn_workers(args, workers: int) -> list[subprocess.Popen]:
                               "--params", args.params]) for k in range(1, workers)]
 
 
-def wait_for(procs: list[subprocess.Popen]) -> None:
-    codes = [p.wait() for p in procs]
+class RayWorkers:
+    """Workers 1..W-1 as Ray tasks on a cluster (RAY_ADDRESS or run.address), so that they spread over its
+    nodes; each runs `pipeline/tune.py --worker K` against the shared storage. A task whose node dies is
+    re-run (run.max_retries); the study's heartbeat re-enqueues the trial it held, so the budget stays exact."""
+
+    def __init__(self, args, workers: int, run_params, address: str):
+        from fairprune.parallel import DRIVER_ENV, LOG_DIR, StageKilled, run_stage, start_ray
+
+        self.ray = start_ray(address, None)
+        task = self.ray.remote(run_stage).options(num_cpus=run_params.cpus_per_stage,
+                                                  num_gpus=run_params.gpus_per_stage,
+                                                  max_retries=run_params.max_retries,
+                                                  retry_exceptions=[StageKilled])
+        env = {k: os.environ[k] for k in DRIVER_ENV if k in os.environ}
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.refs = []
+        for k in range(1, workers):
+            log = (LOG_DIR / f"tune-worker-{k}.log").resolve()
+            log.write_text("")
+            cmd = f"{sys.executable} {Path(__file__).resolve()} --worker {k} --of {workers} --params {args.params}"
+            self.refs.append(task.remote(cmd, str(Path.cwd()), env, f"tune-worker-{k}", str(log)))
+
+    def terminate(self) -> None:
+        for ref in self.refs:
+            self.ray.cancel(ref, force=True)  # the worker's process dies with it; its trial is retried later
+
+    def wait(self) -> list[int]:
+        results = self.ray.get(self.refs)
+        for k, (_, seconds, node) in enumerate(results, start=1):
+            print(f"tuning worker {k}: {seconds:.0f}s on Ray node {node[:8]}", flush=True)
+        return [code for code, _, _ in results]
+
+
+def spawn(args, workers: int, params):
+    """The extra workers: Ray tasks on a cluster, child processes on this machine otherwise."""
+    address = os.environ.get("RAY_ADDRESS") or params.run.address
+    if address and workers > 1:
+        return RayWorkers(args, workers, params.run, address)
+    return spawn_workers(args, workers)
+
+
+def wait_for(procs) -> None:
+    codes = procs.wait() if isinstance(procs, RayWorkers) else [p.wait() for p in procs]
     failed = [k + 1 for k, code in enumerate(codes) if code != 0]
     if failed:
         raise FairpruneError(f"tuning worker(s) {failed} exited with codes {[codes[k - 1] for k in failed]}; rerun "
@@ -97,11 +139,12 @@ def main(params, args, timer):
                             run_id=study.user_attrs.get(PARENT_RUN), study=study.study_name, method=tune.method,
                             sparsity=tune.sparsity, seed=tune.seed) as parent:
         study.set_user_attr(PARENT_RUN, parent.info.run_id)
-        others = spawn_workers(args, workers)
+        others = spawn(args, workers, params)
         try:
             runner = run_worker(params, study, 0, workers, device)
         except BaseException:
-            for proc in others:  # their running trials are marked interrupted and re-enqueued next time
+            # their running trials are marked interrupted (or found stale) and re-enqueued next time
+            for proc in ([others] if isinstance(others, RayWorkers) else others):
                 proc.terminate()
             raise
         wait_for(others)

@@ -98,3 +98,24 @@ def test_a_node_lost_mid_run_costs_nothing(tmp_path, cluster):
     attempts = {p.name: p.read_text().count("--- attempt on node") for p in logs.glob("*.log")}
     assert max(attempts.values()) >= 2, attempts  # the lost node's stages ran again
     assert all(n == 1 for name, n in attempts.items() if not name.startswith("train")), attempts
+
+
+def test_tuning_workers_run_as_ray_tasks_on_both_nodes_with_an_exact_budget(tmp_path, cluster, postgres):
+    """On a cluster the study's extra workers are Ray tasks: they spread over the nodes, share the
+    PostgreSQL study and the trial budget stays exact."""
+    import optuna
+
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    env = make_project(tmp_path, {**SMALL, "base": {"seeds": [0], "threads": 1},
+                                  "tune": {"trials": 6, "sampler": "random", "epochs": 1}})
+    sh(["dvc", "repro", "train"], tmp_path, env, timeout=600)
+    out = sh([sys.executable, "pipeline/tune.py"], tmp_path,
+             {**env, "RAY_ADDRESS": cluster.address, "FAIRPRUNE_TUNE_WORKERS": "3", "FAIRPRUNE_TUNE_STORAGE": postgres},
+             timeout=900)
+    nodes = {line.split("Ray node ")[1] for line in out.splitlines() if "on Ray node" in line}
+    assert len(nodes) == 2, out[-3000:]  # workers 1 and 2, one per node (each node has one CPU)
+    (name,) = optuna.get_all_study_names(postgres)
+    trials = optuna.load_study(study_name=name, storage=postgres).get_trials(deepcopy=False)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 6
