@@ -77,8 +77,8 @@ def start_ray(address: str | None, cpus: int | None):
 
     address = os.environ.get("RAY_ADDRESS") or address
     # Ray runs its workers at niceness 15, and the stage processes inherit it: on a machine with any other
-    # load they starved (a 5 s stage took 74 s). A local instance runs them at normal priority; a cluster
-    # should be started with the same variable (docs/scale-out.md).
+    # load they starve. A local instance runs them at normal priority; a cluster should be started with
+    # the same variable (docs/scale-out.md).
     os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
