@@ -73,21 +73,13 @@ class RayWorkers:
     re-run (run.max_retries); the study's heartbeat re-enqueues the trial it held, so the budget stays exact."""
 
     def __init__(self, args, workers: int, run_params, address: str):
-        from fairprune.parallel import DRIVER_ENV, LOG_DIR, StageKilled, run_stage, start_ray
+        from fairprune.parallel import driver_env, stage_task, start_ray, submit
 
         self.ray = start_ray(address, None)
-        task = self.ray.remote(run_stage).options(num_cpus=run_params.cpus_per_stage,
-                                                  num_gpus=run_params.gpus_per_stage,
-                                                  max_retries=run_params.max_retries,
-                                                  retry_exceptions=[StageKilled])
-        env = {k: os.environ[k] for k in DRIVER_ENV if k in os.environ}
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        self.refs = []
-        for k in range(1, workers):
-            log = (LOG_DIR / f"tune-worker-{k}.log").resolve()
-            log.write_text("")
-            cmd = f"{sys.executable} {Path(__file__).resolve()} --worker {k} --of {workers} --params {args.params}"
-            self.refs.append(task.remote(cmd, str(Path.cwd()), env, f"tune-worker-{k}", str(log)))
+        task = stage_task(self.ray, run_params)
+        script = Path(__file__).resolve()
+        self.refs = [submit(task, f"{sys.executable} {script} --worker {k} --of {workers} --params {args.params}",
+                            Path.cwd(), driver_env(), f"tune-worker-{k}")[0] for k in range(1, workers)]
 
     def terminate(self) -> None:
         for ref in self.refs:

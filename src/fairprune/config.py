@@ -656,13 +656,14 @@ def apply_values(target: Path, values: dict):
 def run_section(path: str | Path) -> RunParams:
     """The `run` section of a params file, validated on its own (fairprune.parallel needs it first)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        return RunParams(**((raw.get("run") or {}) if isinstance(raw, dict) else {}))
+        raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ParamsError("(file)", str(path), f"a readable params file ({exc})") from None
+    try:
+        return RunParams.model_validate((raw.get("run") if isinstance(raw, dict) else None) or {})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ParamsError("run." + ".".join(str(p) for p in first["loc"]), first.get("input"), first["msg"]) from None
+        error = exc.errors()[0]
+        raise _describe({**error, "loc": ("run", *error["loc"])}, _section_fields()) from None
 
 
 def check_paths(params: "Params") -> None:

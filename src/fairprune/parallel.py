@@ -66,6 +66,24 @@ def run_stage(cmd: str, wdir: str, env: dict[str, str], stage: str, log: str) ->
     return code, time.perf_counter() - began, node
 
 
+def stage_task(ray, run):
+    """`run_stage` as a Ray task with the resources and retries of params' `run` section."""
+    return ray.remote(run_stage).options(num_cpus=run.cpus_per_stage, num_gpus=run.gpus_per_stage,
+                                         max_retries=run.max_retries, retry_exceptions=[StageKilled])
+
+
+def submit(task, cmd: str, wdir: str | Path, env: dict[str, str], name: str):
+    """Start `cmd` as `task` under the name DVC_STAGE carries; (its ObjectRef, its log, emptied first)."""
+    log = (LOG_DIR / (name.replace("/", "_").replace("@", "-") + ".log")).resolve()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    return task.remote(cmd, str(Path(wdir).resolve()), env, name, str(log)), log
+
+
+def driver_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in DRIVER_ENV if k in os.environ}
+
+
 def tail(path: Path, chars: int = 2000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
@@ -112,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     threads = str(max(1, math.ceil(run.cpus_per_stage)))
-    env = {**{k: os.environ[k] for k in DRIVER_ENV if k in os.environ}, "OMP_NUM_THREADS": threads,
-           "PYTHONUNBUFFERED": "1"}
+    env = {**driver_env(), "OMP_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
 
     repo = Repo()
     graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
@@ -122,11 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except DvcException as exc:  # it names the unknown stage
         print(f"error: {exc}; list the stages with `dvc stage list`", file=sys.stderr)
         return 2
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
     local_cpus = math.ceil((args.jobs or os.cpu_count() or 1) * run.cpus_per_stage)
     ray = start_ray(run.address, local_cpus)
-    task = ray.remote(run_stage).options(num_cpus=run.cpus_per_stage, num_gpus=run.gpus_per_stage,
-                                         max_retries=run.max_retries, retry_exceptions=[StageKilled])
+    task = stage_task(ray, run)
 
     waiting, done, failed, ran, nodes = set(chosen), set(), [], 0, set()
     running: dict = {}  # ObjectRef -> (stage, log)
@@ -148,10 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                 with repo.lock:
                     changed = stage.changed()
                 if changed:
-                    log = (LOG_DIR / (stage.addressing.replace("/", "_").replace("@", "-") + ".log")).resolve()
-                    log.write_text("")
-                    running[task.remote(stage.cmd, str(Path(stage.wdir).resolve()), env, stage.addressing,
-                                        str(log))] = (stage, log)
+                    ref, log = submit(task, stage.cmd, stage.wdir, env, stage.addressing)
+                    running[ref] = (stage, log)
                 else:
                     done.add(stage)
                     skipped = True
