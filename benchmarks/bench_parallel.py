@@ -9,7 +9,6 @@
 """
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from project_copy import make_copy
 
 
 def overhead(repeats: int) -> None:
@@ -47,15 +46,9 @@ def overhead(repeats: int) -> None:
 
 
 def matrix(jobs: int) -> float:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name in ("pipeline", "src", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-            (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
-        for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], [sys.executable, "-m", "fairprune.tracking"]):
-            subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True)
+        env = make_copy(work)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "fairprune.parallel", "--jobs", str(jobs), "prune"], cwd=work, env=env,
                        check=True, capture_output=True)

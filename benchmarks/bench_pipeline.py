@@ -9,36 +9,20 @@ time).
     python benchmarks/bench_pipeline.py [--baseline 8c21c69]
 """
 import argparse
-import io
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PROJECT = ("pipeline", "src", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
+from project_copy import checkout, environment
 
 
 def timed(cmd, cwd, env) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
-
-
-def checkout(ref: str | None, work: Path) -> None:
-    if ref is None:
-        for name in PROJECT:
-            src = REPO / name
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
-        return
-    archive = subprocess.run(["git", "archive", ref, *PROJECT], cwd=REPO, check=True, capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(work, filter="data")
 
 
 def test_metrics(work: Path) -> dict:
@@ -63,9 +47,7 @@ def largest_relative_difference(a: dict, b: dict) -> float:
 
 
 def run_pipeline(work: Path) -> tuple[float, float, dict, str]:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(work / "src")}  # this copy's code, not the installed one
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = environment(work)
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
     subprocess.run(["dvc", "init", "-q"], cwd=work, env=env, check=True)
     first = timed([sys.executable, "-m", "fairprune.tracking"], work, env) + timed(["dvc", "repro"], work, env)
