@@ -52,7 +52,8 @@ def test_utkface_name_parser():
 def test_utkface_loader_counts_malformed_and_bins_ages(utk_tar, which):
     path = utk_tar[0] if which == "tar" else utk_tar[1]
     raw = utkface.load(path, target="gender", group="age", size=16, age_bins=[20, 40, 60])
-    assert raw.images.shape == (120, 16, 16, 3) and raw.images.dtype == np.uint8
+    images = raw.images.decode()
+    assert images.shape == (120, 16, 16, 3) and images.dtype == np.uint8
     assert raw.info["skipped_malformed"] == 5
     assert raw.group_names == ["0-19", "20-39", "40-59", "60+"]
     assert np.bincount(raw.groups).tolist() == [30, 30, 30, 30]
@@ -122,7 +123,7 @@ def celeba_root(tmp_path):
 def test_celeba_uses_only_present_images_and_official_partition(celeba_root):
     root, values = celeba_root
     raw = celeba.load(root, target="Blond_Hair", group="Male", size=12)
-    assert raw.images.shape == (40, 12, 12, 3)
+    assert raw.images.decode().shape == (40, 12, 12, 3)
     assert raw.group_names == ["Female", "Male"] and raw.target_names == ["not_Blond_Hair", "Blond_Hair"]
     male = CELEBA_ATTRIBUTES.index("Male")
     assert raw.groups.tolist() == (values[:40, male] == 1).astype(int).tolist()
@@ -284,3 +285,28 @@ def test_exif_orientation_is_applied_before_the_centre_crop(tmp_path):
     assert want[:3].mean() > 200 and want[-3:].mean() < 50  # upright: the white half is on top
     assert got[:3].mean() > 200 and got[-3:].mean() < 50  # stored sideways: the white half was on the left
     assert np.abs(got.astype(int) - want.astype(int)).mean() <= 6  # JPEG (draft-scale decoding) noise only
+
+
+def test_subsampling_and_imbalance_pick_their_images_before_any_is_decoded(tmp_path, monkeypatch):
+    """data.max_samples and data.imbalance choose from the labels; only the kept images are decoded,
+    and a file that cannot be decoded is named with its CSV line when its turn comes."""
+    csv_path = write_manifest(tmp_path, with_split=True)
+    decoded = []
+    real_decode = manifest.decode
+    monkeypatch.setattr(manifest, "decode", lambda path, size: decoded.append(path) or real_decode(path, size))
+    params = DataParams(dataset="manifest", root=str(csv_path), image_size=8, max_samples=20,
+                        imbalance={"groups": ["a"], "fraction": 0.5})
+    data = prepare(params)
+    assert len(decoded) == len(data.targets) < 20  # imbalance removed some of max_samples' 20
+    assert torch_equal(data.images, prepare(params).images)  # the same images, in the same order
+    (tmp_path / "imgs" / "0.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"data.csv:2: cannot decode 'imgs/0.jpg'"):
+        prepare(DataParams(dataset="manifest", root=str(csv_path), image_size=8, imbalance={"groups": [], "fraction": 1.0}))
+
+
+def test_utkface_decodes_only_the_kept_images_in_the_archives_order(utk_tar):
+    path, _ = utk_tar
+    raw = utkface.load(path, target="gender", group="age", size=8, age_bins=[20, 40, 60])
+    every = raw.images.decode()
+    keep = np.arange(len(raw.targets)) % 3 == 1
+    assert np.array_equal(raw.images[keep].decode(), every[keep])

@@ -11,9 +11,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from fairprune.data.images import decode
+from fairprune.data.images import LazyImages, decode
 from fairprune.data.raw import RawDataset, attribute_list, binary_names, intersect
 from fairprune.errors import DataError
 
@@ -67,18 +66,22 @@ def load(root: str | Path, target: str, group: str | list[str], size: int) -> Ra
     attributes = read_attributes(root / ATTR_FILE, [target, *group])
     partition = read_partition(root / PARTITION_FILE)
     with ExitStack() as stack:
-        present, opener = _image_source(root, stack)
-        usable = [n for n in present if n in attributes and n in partition]
-        if not usable:
-            raise DataError(f"none of the {len(present)} images under {root} is listed in {ATTR_FILE}")
-        images = []
-        for name in tqdm(usable, desc="celeba", unit="img", mininterval=2):
-            with opener(name) as handle:
-                images.append(decode(handle, size))
+        present, _ = _image_source(root, stack)
+    usable = [n for n in present if n in attributes and n in partition]
+    if not usable:
+        raise DataError(f"none of the {len(present)} images under {root} is listed in {ATTR_FILE}")
+
+    def read(wanted):
+        with ExitStack() as stack:
+            _, opener = _image_source(root, stack)
+            for name in wanted:
+                with opener(name) as handle:
+                    yield decode(handle, size)
+
     labels = np.asarray([attributes[n] for n in usable], dtype=np.int64)
     groups, group_names = intersect(list(labels[:, 1:].T), [binary_names(a) for a in group])
     return RawDataset(
-        np.stack(images), labels[:, 0], groups, binary_names(target), group_names,
+        LazyImages(usable, read, "celeba"), labels[:, 0], groups, binary_names(target), group_names,
         split=np.asarray([partition[n] for n in usable], dtype=np.int8),
         info={"source": str(root), "images_present": len(present), "images_used": len(usable),
               "annotated_total": len(attributes)},

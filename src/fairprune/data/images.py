@@ -1,6 +1,7 @@
 """Image decoding and resizing shared by the file-based datasets."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import numpy as np
@@ -49,3 +50,32 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float()
     resized = F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class LazyImages:
+    """A file-based dataset's images before decoding: one key per image (in the dataset's order) and a
+    reader that decodes the images of the keys it is given, in that order. Selecting with a boolean mask
+    keeps it undecoded, so that data.max_samples and data.imbalance pick their samples before the
+    costly part."""
+
+    def __init__(self, keys: list, read: Callable[[list], Iterator[np.ndarray]], name: str):
+        self.keys, self.read, self.name = list(keys), read, name
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, mask: np.ndarray) -> LazyImages:
+        return LazyImages([k for k, keep in zip(self.keys, mask) if keep], self.read, self.name)
+
+    def decode(self) -> np.ndarray:
+        from tqdm import tqdm
+
+        arrays = list(tqdm(self.read(self.keys), total=len(self.keys), desc=self.name, unit="img", mininterval=2))
+        if len(arrays) != len(self.keys):
+            raise RuntimeError(f"{self.name}: {len(arrays)} images decoded for {len(self.keys)} keys")
+        return np.stack(arrays)
+
+
+def pixels(images: np.ndarray | LazyImages, size: int) -> np.ndarray:
+    """(N, size, size, C) uint8: decoded (when still lazy) and resized."""
+    return resize_batch(images.decode() if isinstance(images, LazyImages) else images, size)

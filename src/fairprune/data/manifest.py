@@ -13,9 +13,8 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from fairprune.data.images import decode
+from fairprune.data.images import LazyImages, decode
 from fairprune.data.raw import SPLITS, RawDataset, attribute_list, intersect
 from fairprune.errors import DataError
 
@@ -64,7 +63,6 @@ def load(csv_path: str | Path, size: int, image_root: str | Path | None = None,
     if not rows:
         raise DataError(f"{csv_path} has a header but no rows")
     has_split = "split" in columns
-    images = []
     for line, row in enumerate(rows, start=2):
         for column in ("target", *group):
             value = row[column]
@@ -73,18 +71,24 @@ def load(csv_path: str | Path, size: int, image_root: str | Path | None = None,
             if value != value.strip():
                 raise DataError(f"{csv_path}:{line}: the {column} label {value!r} has leading or trailing spaces "
                                 f"(it would be a class of its own); remove them")
-    for line, row in enumerate(tqdm(rows, desc="manifest", unit="img", mininterval=2), start=2):
+        if has_split and row["split"] not in SPLITS:
+            raise DataError(f"{csv_path}:{line}: split '{row['split']}' is not one of {', '.join(SPLITS)}")
+    keys = []
+    for line, row in enumerate(rows, start=2):
         path = confined(root, row["path"], f"{csv_path}:{line}")
         if not path.is_file():
             raise DataError(f"{csv_path}:{line}: image '{row['path']}' not found (paths are relative to {root})")
-        if has_split and row["split"] not in SPLITS:
-            raise DataError(f"{csv_path}:{line}: split '{row['split']}' is not one of {', '.join(SPLITS)}")
-        try:
-            images.append(decode(path, size))
-        except OSError as exc:
-            raise DataError(f"{csv_path}:{line}: cannot decode '{row['path']}': {exc}") from None
+        keys.append((line, row["path"], path))
+
+    def read(wanted):
+        for line, relative, path in wanted:
+            try:
+                yield decode(path, size)
+            except OSError as exc:
+                raise DataError(f"{csv_path}:{line}: cannot decode '{relative}': {exc}") from None
+
     targets, target_names = _codes([r["target"] for r in rows])
     groups, group_names = intersect(*zip(*(_codes([r[column] for r in rows]) for column in group)))
     split = np.asarray([SPLITS.index(r["split"]) for r in rows], dtype=np.int8) if has_split else None
-    return RawDataset(np.stack(images), targets, groups, target_names, group_names, split=split,
+    return RawDataset(LazyImages(keys, read, "manifest"), targets, groups, target_names, group_names, split=split,
                       info={"source": str(csv_path)})

@@ -10,7 +10,7 @@ import torch
 
 from fairprune import tensorfile
 from fairprune.config import DataParams
-from fairprune.data.images import resize_batch
+from fairprune.data.images import pixels
 from fairprune.data.raw import NO_SPLIT, SPLITS, RawDataset
 from fairprune.errors import DataError, ParamsError
 
@@ -83,8 +83,13 @@ def load_prepared(path: str | Path) -> PreparedData:
     return PreparedData(**tensorfile.load(path, rerun="`dvc repro prepare`"))
 
 
+def image_size(params: DataParams) -> int:
+    return params.image_size or DEFAULT_SIZE.get(params.dataset, 32)
+
+
 def load_raw(params: DataParams) -> RawDataset:
-    size = params.image_size or DEFAULT_SIZE.get(params.dataset, 32)
+    """The dataset's labels and its images, these still undecoded for the file-based sets."""
+    size = image_size(params)
     if params.dataset == "digits":
         from fairprune.data import digits
         raw = digits.load()
@@ -100,7 +105,6 @@ def load_raw(params: DataParams) -> RawDataset:
     else:
         from fairprune.data import manifest
         raw = manifest.load(params.root, size, params.image_root, params.group)
-    raw.images = resize_batch(raw.images, size)
     return raw
 
 
@@ -192,7 +196,7 @@ def prepare(params: DataParams) -> PreparedData:
         raw, split = subsample(raw, split, params.max_samples, params.split_seed)
     raw, split = apply_imbalance(raw, split, params.imbalance.groups, params.imbalance.fraction, params.split_seed)
     check_groups_present(raw, split, params.group)
-    images = torch.from_numpy(np.ascontiguousarray(raw.images.transpose(0, 3, 1, 2)))
+    images = torch.from_numpy(np.ascontiguousarray(pixels(raw.images, image_size(params)).transpose(0, 3, 1, 2)))
     train = images[torch.from_numpy(split == SPLITS.index("train"))].float() / 255.0
     mean = train.mean(dim=(0, 2, 3)).tolist()
     std = train.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()

@@ -5,13 +5,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fairprune.data.images import LazyImages
+
 SPLITS = ("train", "val", "test")
 NO_SPLIT = -1
 
 
 @dataclass
 class RawDataset:
-    images: np.ndarray  # (N, H, W, C) uint8
+    images: np.ndarray | LazyImages  # (N, H, W, C) uint8, or the files still to decode
     targets: np.ndarray  # (N,) int64, codes into target_names
     groups: np.ndarray  # (N,) int64, codes into group_names
     target_names: list[str]

@@ -11,9 +11,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from fairprune.data.images import decode
+from fairprune.data.images import LazyImages, decode
 from fairprune.data.raw import RawDataset, attribute_list, intersect
 from fairprune.errors import DataError
 
@@ -54,41 +53,54 @@ def _attribute(values: np.ndarray, attribute: str, bins: list[int]) -> tuple[np.
 
 
 def _members(root: Path):
-    """Yield (name, opener) for every .jpg in the tarball or folder, in a stable order."""
+    """Yield (key, file name, opener) for every .jpg in the tarball or folder, in a stable order."""
     if root.is_dir():
         for path in sorted(root.rglob("*.jpg")):
-            yield path.name, lambda p=path: open(p, "rb")
+            yield str(path), path.name, lambda p=path: open(p, "rb")
     elif tarfile.is_tarfile(root):
         with tarfile.open(root, "r:*") as tar:
             for member in tar:
                 if member.isfile() and member.name.endswith(".jpg"):
-                    yield Path(member.name).name, lambda m=member, t=tar: t.extractfile(m)
+                    yield member.name, Path(member.name).name, lambda m=member, t=tar: t.extractfile(m)
     else:
         raise DataError(f"data.root = '{root}' is neither a folder nor a tar archive; "
                         "point it at UTKFace.tar.gz or at the extracted UTKFace/ folder")
 
 
 def load(root: str | Path, target: str, group: str | list[str], size: int, age_bins: list[int]) -> RawDataset:
+    """The labels from the file names (one pass over the archive's index); the images are decoded later,
+    only those kept (a second pass that streams the archive)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data.root = '{root}' does not exist; point it at UTKFace.tar.gz "
                         "or at the extracted UTKFace/ folder")
-    images, labels, skipped = [], [], []
-    for name, opener in tqdm(_members(root), desc="utkface", unit="img", mininterval=2):
+    keys, labels, skipped = [], [], []
+    for key, name, _ in _members(root):
         parsed = parse_name(name)
         if parsed is None:
             skipped.append(name)
             continue
-        with opener() as handle:
-            images.append(decode(handle, size))
+        keys.append(key)
         labels.append(parsed)
     if skipped:
         log.warning("UTKFace: skipped %d malformed file names, e.g. %s", len(skipped), skipped[:3])
-    if not images:
+    if not keys:
         raise DataError(f"no UTKFace images with official names found under '{root}'")
+
+    def read(wanted):  # `wanted` keeps the archive's order
+        wanted = iter(wanted)
+        following = next(wanted, None)
+        for key, _, opener in _members(root):
+            if following is None:
+                return
+            if key == following:
+                with opener() as handle:
+                    yield decode(handle, size)
+                following = next(wanted, None)
+
     values = np.asarray(labels, dtype=np.int64)
     targets, target_names = _attribute(values, target, age_bins)
     groups, group_names = intersect(*zip(*(_attribute(values, a, age_bins) for a in attribute_list(group))))
-    return RawDataset(np.stack(images), targets, groups, target_names, group_names,
+    return RawDataset(LazyImages(keys, read, "utkface"), targets, groups, target_names, group_names,
                       info={"source": str(root), "skipped_malformed": len(skipped),
                             "skipped_examples": skipped[:10]})
