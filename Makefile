@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install params run run-parallel tune dashboard protocol status test test-slow bench results docs clean-outputs
+.PHONY: install params run run-parallel tune dashboard plots protocol status test test-slow bench results docs clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ protocol: params
 # SQLite file), at http://127.0.0.1:$(PORT) (8080).
 dashboard: install
 	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(or $(PORT),8080) $(or $(FAIRPRUNE_TUNE_STORAGE),sqlite:///$(CURDIR)/tune/optuna.db)
+
+# DVC's plots (figures, accuracy and gap vs sparsity, per-epoch curves) as dvc_plots/index.html, which
+# opens offline; ARGS="diff HEAD~1" compares with another commit (any `dvc plots` arguments).
+plots: install
+	$(BIN)/python -m fairprune.plots $(ARGS)
 
 # What `dvc repro` would rerun: validate first, since the data files' digest and each method's params
 # (what its prune stages depend on) are its outputs.

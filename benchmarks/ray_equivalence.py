@@ -1,11 +1,12 @@
 """Does running the pipeline through Ray change a number? One configuration, three fresh copies of the
 project, in this one run: a plain `dvc repro`, `python -m fairprune.parallel --jobs 2` on a local Ray
 instance, and the same driver on a two-node Ray cluster (`ray.cluster_utils.Cluster`: a head that runs
-nothing and two nodes of one CPU each, on this machine). Every metrics file is compared value by value
+nothing and two nodes of one CPU each, on this machine). The plain run uses the torch threads of a Ray stage
+(`run.cpus_per_stage`, OMP_NUM_THREADS). Every metrics file is compared value by value
 (timings, run ids and MLflow model ids left out), the outputs' digests in dvc.lock too, and `dvc status`
 must be clean after each Ray run.
 
-    python benchmarks/ray_equivalence.py [--config configs/tran_table1_digits.yaml] [TARGET]
+    python benchmarks/ray_equivalence.py [--config configs/tran_table1_digits.yaml] [--keep DIR] [TARGET]
 
 Exits 1 when a number differs. The default configuration reproduces the whole pipeline (what `make run`
 does); a named one its report (what `make run CONFIG=...` does).
@@ -13,6 +14,7 @@ does); a named one its report (what `make run CONFIG=...` does).
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,13 @@ def digests(work: Path) -> dict:
             if not out["path"].startswith(VOLATILE_OUTS)}
 
 
+def stage_threads(work: Path) -> str:
+    import math
+
+    cpus = (yaml.safe_load((work / "params.yaml").read_text()).get("run") or {}).get("cpus_per_stage", 1)
+    return str(max(1, math.ceil(cpus)))
+
+
 def run(cmd: list[str], work: Path, env: dict) -> float:
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
@@ -74,6 +83,8 @@ def compare(name: str, reference: tuple[dict, dict], other: tuple[dict, dict]) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="a named configuration (default: params.yaml as it is)")
+    parser.add_argument("--keep", type=Path, help="copy the plain run's project here afterwards (its MLflow store "
+                                                   "is a real run, e.g. for docs/screenshots/take.py)")
     parser.add_argument("target", nargs="?", help="stage to reproduce (default: all, or `report` with --config)")
     args = parser.parse_args()
     targets = [args.target or "report"] if args.config or args.target else []
@@ -86,7 +97,9 @@ def main() -> int:
             work.mkdir()
             env = make_copy(work, config=args.config)
             if name.startswith("plain"):
-                run(["dvc", "repro", *targets], work, env)
+                # at the thread count of a Ray stage (run.cpus_per_stage): another count reorders the
+                # floating-point reductions and changes the last bits (docs/pipeline.md, Reproducible bytes)
+                run(["dvc", "repro", *targets], work, {**env, "OMP_NUM_THREADS": stage_threads(work)})
             elif name.startswith("local"):
                 run([sys.executable, "-m", "fairprune.parallel", "--jobs", "2", *targets], work, env)
             else:
@@ -107,6 +120,8 @@ def main() -> int:
                 print(f"{name}: dvc status {'clean' if status else 'NOT clean'}", flush=True)
                 clean &= status
             results[name] = (numbers(work), digests(work))
+            if name.startswith("plain") and args.keep:
+                shutil.copytree(work, args.keep, symlinks=True)
     same = [compare(name, results["plain dvc repro"], r) for name, r in results.items() if not name.startswith("plain")]
     verdict = all(same) and clean
     print("identical: every metric and model equal to plain dvc repro's" if verdict else "NOT identical", flush=True)

@@ -63,6 +63,7 @@ def main(params, args, timer):
         tracking.log_metrics({k: v for k, v in record.items() if isinstance(v, (int, float))})
         record["mlflow_model_id"] = tracking.log_model(model, name=key_name)
         models.save(model, artifacts.pruned_model(args.method, args.sparsity, args.seed), record=record)
+        artifacts.write_curve(artifacts.prune_curve(args.method, args.sparsity, args.seed), history)
         artifacts.write_json(artifacts.prune_metrics(args.method, args.sparsity, args.seed), record)
     checkpoint.unlink(missing_ok=True)
     print(f"{key_name}: sparsity {record['sparsity_actual']:.4f} ({record['params_nonzero']} nonzero of "

@@ -47,6 +47,7 @@ def main(params, args, timer):
         models.save(model, artifacts.dense_model(args.seed, args.variant), seed=args.seed, history=history,
                     rewind_epoch=params.train.rewind_epoch, rewind_state=rewind["rewind_state"])
         final = history[-1] if history else {}
+        artifacts.write_curve(artifacts.train_curve(args.seed, args.variant), history)
         artifacts.write_json(artifacts.train_metrics(args.seed, args.variant),
                              {**final, "seed": args.seed, "variant": args.variant, "device": device.type,
                               "wall_s": timer.seconds, "mlflow_model_id": model_id})

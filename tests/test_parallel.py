@@ -1,5 +1,6 @@
 """`python -m fairprune.parallel`: the pipeline's stages run side by side and land in dvc.lock as
 if `dvc repro` had run them; a failed stage stops only what depends on it."""
+import subprocess
 import sys
 
 import pytest
@@ -58,3 +59,14 @@ def test_a_failed_stage_blocks_its_downstream_only_and_exits_non_zero(project):
     assert "1 failed (validate)" in out and "not run because an upstream stage failed" in out
     assert "prune.score_batches" in out  # the failing stage's own error is shown
     assert "up to date" not in sh(["dvc", "status", "evaluate"], work, env)
+
+
+def test_a_stage_no_node_can_hold_is_refused_before_anything_runs(tmp_path):
+    """A local instance without a GPU and run.gpus_per_stage > 0: every task would wait forever."""
+    env = make_project(tmp_path, {**SMALL, "run": {"gpus_per_stage": 0.25}})
+    result = subprocess.run([sys.executable, "-m", "fairprune.parallel", "--jobs", "1", "prepare"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "run.gpus_per_stage = 0.25 but the largest node has 0 GPU(s)" in result.stderr
+    assert "ran" not in result.stdout
+    assert not (tmp_path / "data" / "prepared.pt").exists()

@@ -1,5 +1,6 @@
 """The whole `dvc repro` on a tiny config in a temporary copy of the repository."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -200,3 +201,17 @@ def test_mlflow_has_a_run_per_stage_with_group_metrics_and_reloadable_models(pro
     zeros = sum(int((p == 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))
     assert zeros > 0
     assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_per_epoch_curves_are_dvc_plots_on_a_page_that_opens_offline(project):
+    work, env = project
+    curve = (work / "metrics" / "curves" / "train" / "plain-s0.tsv").read_text().splitlines()
+    assert curve[0].split("\t") == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_worst_group_acc"]
+    assert [row.split("\t")[0] for row in curve[1:]] == ["1", "2", "3"]
+    assert all(float(row.split("\t")[5]) <= float(row.split("\t")[4]) for row in curve[1:])  # worst <= overall
+    assert len(list((work / "metrics" / "curves" / "prune").glob("*.tsv"))) == 2 * 2 * len(METHODS)
+    sh([sys.executable, "-m", "fairprune.plots"], work, env, timeout=300)
+    page = (work / "dvc_plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "vegaEmbed" in page  # the renderer is in the page, not on a CDN
+    for label in ("dense training epoch", "fine-tuning epoch after pruning", "best minus worst group"):
+        assert label in page

@@ -70,6 +70,10 @@ def train_metrics(seed: int, variant: str = "plain") -> Path:
     return Path(f"metrics/train/{variant}-s{seed}.json")
 
 
+def train_curve(seed: int, variant: str = "plain") -> Path:
+    return Path(f"metrics/curves/train/{variant}-s{seed}.tsv")
+
+
 def dense_label(variant: str) -> str:
     """'dense' for plain ERM, 'dense+relaxed' / 'dense+full' for the mitigated dense models."""
     return "dense" if variant == "plain" else f"dense+{variant}"
@@ -85,6 +89,10 @@ def pruned_model(method: str, sparsity: float, seed: int) -> Path:
 
 def prune_metrics(method: str, sparsity: float, seed: int) -> Path:
     return Path(f"metrics/prune/{pruned_key(method, sparsity, seed)}.json")
+
+
+def prune_curve(method: str, sparsity: float, seed: int) -> Path:
+    return Path(f"metrics/curves/prune/{pruned_key(method, sparsity, seed)}.tsv")
 
 
 def run_name(method: str | None, sparsity: float, seed: int, several_seeds: bool) -> str:
@@ -123,6 +131,24 @@ def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(_clean(payload), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_worst_group_acc")
+
+
+def write_curve(path: Path, history: list[dict]) -> None:
+    """One row per epoch (a DVC plot: `dvc plots diff` compares experiments), the validation accuracy of
+    the worst group included; no wall times, so the file is a function of the run's inputs."""
+    rows = ["\t".join(CURVE_COLUMNS)]
+    for record in history:
+        groups = [v for k, v in record.items() if k.startswith("val_acc/")]
+        values = {**record, "val_worst_group_acc": min(groups) if groups else None}
+        rows.append("\t".join("" if values.get(c) is None else f"{values[c]:.6g}" for c in CURVE_COLUMNS))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(rows) + "\n")
     os.replace(tmp, path)
 
 

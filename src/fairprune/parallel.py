@@ -107,6 +107,18 @@ def start_ray(address: str | None, cpus: int | None):
     return ray
 
 
+def too_small(ray, run) -> str | None:
+    """Why no node of the cluster can ever run a stage (a task asking for more would wait forever), or None."""
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    for key, asked, field in (("CPU", run.cpus_per_stage, "cpus_per_stage"), ("GPU", run.gpus_per_stage, "gpus_per_stage")):
+        largest = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        if asked > largest:
+            fix = "0 on a machine without one" if key == "GPU" else f"at most {largest:g}"
+            return (f"run.{field} = {asked:g} but the largest node has {largest:g} {key}(s), so no stage could "
+                    f"ever start; set run.{field} to {fix}, or start the nodes with more (`ray start --num-{key.lower()}s`)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -141,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     local_cpus = math.ceil((args.jobs or os.cpu_count() or 1) * run.cpus_per_stage)
     ray = start_ray(run.address, local_cpus)
+    short = too_small(ray, run)
+    if short:
+        print(f"error: {short}", file=sys.stderr)
+        return 2
     task = stage_task(ray, run)
 
     waiting, done, failed, ran, nodes = set(chosen), set(), [], 0, set()
