@@ -70,3 +70,11 @@ def test_a_stage_no_node_can_hold_is_refused_before_anything_runs(tmp_path):
     assert "run.gpus_per_stage = 0.25 but the largest node has 0 GPU(s)" in result.stderr
     assert "ran" not in result.stdout
     assert not (tmp_path / "data" / "prepared.pt").exists()
+
+
+def test_a_simple_stage_command_runs_without_a_shell_so_it_dies_with_its_worker():
+    from fairprune.parallel import argv_of
+
+    assert argv_of("python pipeline/prune.py") == ["python", "pipeline/prune.py"]
+    assert argv_of("/venv/bin/python '/a b/tune.py' --worker 1") == ["/venv/bin/python", "/a b/tune.py", "--worker", "1"]
+    assert argv_of("python a.py && python b.py") is None and argv_of("echo $HOME > x") is None

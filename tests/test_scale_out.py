@@ -97,25 +97,51 @@ def test_a_node_lost_mid_run_costs_nothing(tmp_path, cluster):
     assert_complete(tmp_path, env)  # its MLflow runs were resumed or ended, none is left RUNNING
     attempts = {p.name: p.read_text().count("--- attempt on node") for p in logs.glob("*.log")}
     assert max(attempts.values()) >= 2, attempts  # the lost node's stages ran again
+    for log in logs.glob("train-*.log"):  # and only the retry finished: the lost attempt's process died with its node
+        assert log.read_text().count("epochs, validation accuracy") == 1, log.read_text()[-3000:]
     assert all(n == 1 for name, n in attempts.items() if not name.startswith("train")), attempts
 
 
-def test_tuning_workers_run_as_ray_tasks_on_both_nodes_with_an_exact_budget(tmp_path, cluster, postgres):
-    """On a cluster the study's extra workers are Ray tasks: they spread over the nodes, share the
-    PostgreSQL study and the trial budget stays exact."""
+def test_tuning_workers_run_as_ray_tasks_on_both_nodes_and_a_lost_node_costs_no_trial(tmp_path, cluster, postgres):
+    """On a cluster the study's extra workers are Ray tasks: they spread over the nodes and share the
+    PostgreSQL study. A node lost while its worker holds a trial costs nothing: Ray re-runs the worker
+    elsewhere, the trial's heartbeat goes stale and it is retried with the same parameters, and the trial
+    budget stays exact."""
     import optuna
 
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1)
+    doomed = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    env = make_project(tmp_path, {**SMALL, "base": {"seeds": [0], "threads": 1},
-                                  "tune": {"trials": 6, "sampler": "random", "epochs": 1}})
+    env = make_project(tmp_path, {**SMALL, "base": {"seeds": [0], "threads": 1}, "data": {"image_size": 16},
+                                  # trials of a few seconds, so that the Ray workers (up in ~10 s) find some left
+                                  "tune": {"trials": 10, "sampler": "random", "epochs": 8,
+                                           "heartbeat_s": 1, "grace_s": 3}})
     sh(["dvc", "repro", "train"], tmp_path, env, timeout=600)
-    out = sh([sys.executable, "pipeline/tune.py"], tmp_path,
-             {**env, "RAY_ADDRESS": cluster.address, "FAIRPRUNE_TUNE_WORKERS": "3", "FAIRPRUNE_TUNE_STORAGE": postgres},
-             timeout=900)
-    nodes = {line.split("Ray node ")[1] for line in out.splitlines() if "on Ray node" in line}
-    assert len(nodes) == 2, out[-3000:]  # workers 1 and 2, one per node (each node has one CPU)
+    tune = subprocess.Popen([sys.executable, "pipeline/tune.py"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**env, "RAY_ADDRESS": cluster.address, "FAIRPRUNE_TUNE_WORKERS": "3",
+                                 "FAIRPRUNE_TUNE_STORAGE": postgres})
+    deadline = time.time() + 300
+    while True:  # every worker busy: the doomed node's worker holds a trial
+        assert time.time() < deadline and tune.poll() is None, "the three workers never ran at once"
+        names = optuna.get_all_study_names(postgres)
+        trials = optuna.load_study(study_name=names[0], storage=postgres).get_trials(deepcopy=False) if names else []
+        if sum(t.state == optuna.trial.TrialState.RUNNING for t in trials) == 3:
+            break
+        time.sleep(0.2)
+    cluster.remove_node(doomed, allow_graceful=False)
+    cluster.add_node(num_cpus=1)  # a replacement, as an autoscaler would bring
+    out, _ = tune.communicate(timeout=900)
+    assert tune.returncode == 0, out[-4000:]
+    attempts = [line.split("node ")[1].split()[0] for log in (tmp_path / ".dvc" / "tmp" / "parallel").glob("tune-worker-*.log")
+                for line in log.read_text().splitlines() if line.startswith("--- attempt on node")]
+    assert len(attempts) == 3 and len(set(attempts)) >= 2, (attempts, out[-3000:])  # the lost worker ran again
     (name,) = optuna.get_all_study_names(postgres)
     trials = optuna.load_study(study_name=name, storage=postgres).get_trials(deepcopy=False)
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 6
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    stale = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and "fail_reason" not in t.user_attrs]
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") is not None]
+    assert len(complete) == 10, [(t.number, t.state.name) for t in trials]
+    assert len(stale) == 1 and [t.system_attrs["failed_trial"] for t in retries] == [stale[0].number], (
+        [(t.number, t.state.name, t.user_attrs, t.system_attrs) for t in trials], out[-3000:])
+    assert retries[0].params == stale[0].params and retries[0].state == optuna.trial.TrialState.COMPLETE

@@ -33,6 +33,18 @@ DRIVER_ENV = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "HOME", "MLFLOW_TRACKING_URI"
               "FAIRPRUNE_TUNE_WORKERS", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "DVC_NO_ANALYTICS")
 
 
+SHELL_SYNTAX = set(";&|<>()$`\\\n*?")
+
+
+def argv_of(cmd: str) -> list[str] | None:
+    """A stage command as an argument list when it is a simple command (every command of this project's
+    dvc.yaml is), else None (it needs a shell). Run directly, the stage process is the one that dies with
+    its Ray worker: a shell would fork it, and a forked child does not inherit PR_SET_PDEATHSIG."""
+    import shlex
+
+    return None if SHELL_SYNTAX & set(cmd) else shlex.split(cmd)
+
+
 def _die_with_parent() -> None:
     """In the stage process (Linux): SIGKILL it when the Ray worker that started it dies, so that a
     stage of a lost worker never runs on beside its retry."""
@@ -59,7 +71,8 @@ def run_stage(cmd: str, wdir: str, env: dict[str, str], stage: str, log: str) ->
         out.write(f"--- attempt on node {node} at {time.strftime('%H:%M:%S')}\n")
         out.flush()
         # as dvc repro does: matrix stages read their item from DVC_STAGE (fairprune.stage)
-        code = subprocess.call(cmd, shell=True, cwd=wdir, env={**os.environ, **env, "DVC_STAGE": stage},
+        argv = argv_of(cmd)
+        code = subprocess.call(argv or cmd, shell=argv is None, cwd=wdir, env={**os.environ, **env, "DVC_STAGE": stage},
                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     if code in (-signal.SIGKILL, 128 + signal.SIGKILL):  # the shell reports its child's SIGKILL as 137
         raise StageKilled(f"{stage} was killed (SIGKILL)")
