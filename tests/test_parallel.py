@@ -78,3 +78,21 @@ def test_a_simple_stage_command_runs_without_a_shell_so_it_dies_with_its_worker(
     assert argv_of("python pipeline/prune.py") == ["python", "pipeline/prune.py"]
     assert argv_of("/venv/bin/python '/a b/tune.py' --worker 1") == ["/venv/bin/python", "/a b/tune.py", "--worker", "1"]
     assert argv_of("python a.py && python b.py") is None and argv_of("echo $HOME > x") is None
+
+
+def test_a_retried_stage_starts_its_log_section_on_a_line_of_its_own(tmp_path, monkeypatch):
+    """A killed attempt can leave a progress bar's line unterminated; the retry's header must not join it."""
+    import ray
+
+    from fairprune.parallel import run_stage
+
+    class Context:
+        def get_node_id(self):
+            return "node-b"
+
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: Context())
+    log = tmp_path / "stage.log"
+    log.write_text("--- attempt on node node-a at 00:00:00\nepoch 3/8 ▌\r")
+    code, _, node = run_stage(f"{sys.executable} -c pass", str(tmp_path), {}, "prune@x", str(log))
+    assert code == 0 and node == "node-b"
+    assert "▌\r\n--- attempt on node node-b at " in log.read_bytes().decode()

@@ -2,6 +2,7 @@
 the stages land on both nodes with the metrics of a plain `dvc repro`, and a node lost mid-run costs
 nothing: its stages are re-run elsewhere, each lands in dvc.lock once, no MLflow run stays RUNNING."""
 import json
+import re
 import subprocess
 import sys
 import time
@@ -133,8 +134,8 @@ def test_tuning_workers_run_as_ray_tasks_on_both_nodes_and_a_lost_node_costs_no_
     cluster.add_node(num_cpus=1)  # a replacement, as an autoscaler would bring
     out, _ = tune.communicate(timeout=900)
     assert tune.returncode == 0, out[-4000:]
-    attempts = [line.split("node ")[1].split()[0] for log in (tmp_path / ".dvc" / "tmp" / "parallel").glob("tune-worker-*.log")
-                for line in log.read_text().splitlines() if line.startswith("--- attempt on node")]
+    attempts = [node for log in (tmp_path / ".dvc" / "tmp" / "parallel").glob("tune-worker-*.log")
+                for node in re.findall(r"^--- attempt on node (\w+)", log.read_text(), flags=re.MULTILINE)]
     assert len(attempts) == 3 and len(set(attempts)) >= 2, (attempts, out[-3000:])  # the lost worker ran again
     (name,) = optuna.get_all_study_names(postgres)
     trials = optuna.load_study(study_name=name, storage=postgres).get_trials(deepcopy=False)

@@ -67,8 +67,11 @@ def run_stage(cmd: str, wdir: str, env: dict[str, str], stage: str, log: str) ->
     import ray
 
     began, node = time.perf_counter(), ray.get_runtime_context().get_node_id()
-    with open(log, "a") as out:  # a retry appends: the log shows every attempt
-        out.write(f"--- attempt on node {node} at {time.strftime('%H:%M:%S')}\n")
+    # a retry appends: the log shows every attempt, each header on a line of its own (a killed attempt may
+    # have left a progress bar's line unterminated)
+    fresh_line = "\n" if os.path.exists(log) and os.path.getsize(log) else ""
+    with open(log, "a") as out:
+        out.write(f"{fresh_line}--- attempt on node {node} at {time.strftime('%H:%M:%S')}\n")
         out.flush()
         # as dvc repro does: matrix stages read their item from DVC_STAGE (fairprune.stage)
         argv = argv_of(cmd)
