@@ -3,7 +3,7 @@ writing per-sample predictions and the per-group metrics and fairness gaps of ea
 import torch
 
 from fairprune import artifacts, models, tracking
-from fairprune.config import split_arm
+from fairprune.config import arm_label, split_arm
 from fairprune.data import load_prepared
 from fairprune.device import resolve
 from fairprune.errors import DataError
@@ -52,7 +52,7 @@ def run_params(params, method: str, sparsity: float, seed: int, split: str) -> d
     """What defines an evaluated model, for MLflow's compare and chart views: method, arm, sparsity,
     seed, split, and the settings of the method and of its fair arm."""
     name, arm = split_arm(method)
-    settings = {"method": method, "base_method": name, "arm": arm or "", "sparsity": sparsity, "seed": seed,
+    settings = {"method": method, "base_method": name, "arm": arm_label(method), "sparsity": sparsity, "seed": seed,
                 "split": split, "data.dataset": params.data.dataset, "model.arch": params.model.arch}
     own = next((section for prefix, section in (("bifp", "bifp"), ("ceag", "ceag"), ("equal_loss", "ceag"),
                                                  ("fairgrape", "fairgrape")) if name.startswith(prefix)), None)

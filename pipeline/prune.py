@@ -5,7 +5,7 @@ make the mask permanent and record the sparsity actually reached.
 import argparse
 
 from fairprune import artifacts, models, tracking, training
-from fairprune.config import FAIR_PRUNING_METHODS, split_arm
+from fairprune.config import arm_label, split_arm
 from fairprune.data import load_prepared
 from fairprune.device import resolve, seed_everything
 from fairprune.errors import ParamsError
@@ -37,7 +37,7 @@ def main(params, args, timer):
     with tracking.stage_run(params.base, "prune", dvc_stage, {k: v for k, v in own_params.items() if k != "method"},
                             run_id=previous and previous.get("mlflow_run_id"), system_metrics=True,
                             method=args.method,
-                            arm=arm_label(name, arm),
+                            arm=arm_label(args.method),
                             sparsity=args.sparsity, seed=args.seed) as mlrun:
         tracking.log_dataset(data, artifacts.PREPARED, "training")
         result = prune_and_finetune(params, args.method, args.sparsity, args.seed, data, device,
@@ -47,7 +47,7 @@ def main(params, args, timer):
         model, method, history = result.model, result.method, result.history
         make_permanent(model)
         macs = macs_per_image(model, data.input_shape)
-        record = {"method": args.method, "arm": arm_label(name, arm), "sparsity": args.sparsity, "seed": args.seed,
+        record = {"method": args.method, "arm": arm_label(args.method), "sparsity": args.sparsity, "seed": args.seed,
                   "structured": method.structured,
                   **size_of(model, method.structured, result.dense_params, params.prune.exclude_output_layer),
                   "sparsity_after_pruning": result.at_pruning["sparsity_actual"],
@@ -68,11 +68,6 @@ def main(params, args, timer):
     checkpoint.unlink(missing_ok=True)
     print(f"{key_name}: sparsity {record['sparsity_actual']:.4f} ({record['params_nonzero']} nonzero of "
           f"{record['params_total']} parameters) in {timer.seconds:.1f}s")
-
-
-def arm_label(method: str, arm: str | None) -> str:
-    """The MLflow tag and record field: the fair arm, or whether the method is fair by itself."""
-    return arm or ("fair_method" if method in FAIR_PRUNING_METHODS else "no_mitigation")
 
 
 if __name__ == "__main__":

@@ -175,6 +175,9 @@ def test_mlflow_has_a_run_per_stage_with_group_metrics_and_reloadable_models(pro
         assert {"method", "sparsity", "seed", "split", "arm"} <= set(r.data.params)
         assert r.inputs.dataset_inputs and r.inputs.dataset_inputs[0].dataset.name == "digits:class/class"
         assert r.data.tags["model_id"] != "None"
+    arms = {r.data.params["method"]: r.data.params["arm"] for r in evaluated}
+    assert arms["magnitude"] == "no_mitigation" and arms["magnitude+fair_both"] == "fair_both"
+    assert arms["bifp_uns"] == "fair_method" and arms["dense+relaxed"] == "relaxed"
     bifp = next(r for r in evaluated if r.data.params["method"] == "bifp_uns")
     assert "prune.bifp.lambda_w" in bifp.data.params
     assert {r.data.tags["arm"] for r in by_stage["prune"] if r.data.tags["method"] == "bifp_uns"} == {"fair_method"}

@@ -165,6 +165,13 @@ def split_arm(method: str) -> tuple[str, str]:
     return name, arm
 
 
+def arm_label(method: str) -> str:
+    """What MLflow and the records call a model's arm: its fair fine-tuning arm ('fair_aft'; a dense model's
+    mitigated variant, 'relaxed'), 'fair_method' for a method fair by itself, else 'no_mitigation'."""
+    name, arm = split_arm(method)
+    return arm or ("fair_method" if name in FAIR_PRUNING_METHODS else "no_mitigation")
+
+
 class TrainParams(OptimParams):
     epochs: int = Field(default=30, ge=1)  # a dense model needs at least one epoch (fine-tuning may have 0)
     rewind_epoch: int = Field(default=1, ge=0)  # the early iterate Lottery-Ticket IMP rewinds to (0 = init)
