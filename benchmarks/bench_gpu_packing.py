@@ -11,14 +11,12 @@ machine without one, `--gpus 1` runs the same schedule on the CPU, a smoke test 
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
-from project_copy import make_copy
+from project_copy import make_copy, run_timed
 
 SPARSITIES = [0.5, 0.7, 0.8, 0.9]
 
@@ -32,14 +30,6 @@ def set_params(work: Path, seeds: int, gpus_per_stage: float) -> None:
     params["prune"].update(methods=["magnitude", "snip"], sparsities=SPARSITIES)
     params["run"]["gpus_per_stage"] = gpus_per_stage
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def run(cmd: list[str], work: Path, env: dict) -> float:
-    start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return time.perf_counter() - start
 
 
 def main() -> int:
@@ -69,12 +59,12 @@ def main() -> int:
             work = Path(tmp)
             env = {**make_copy(work), "RAY_ADDRESS": cluster.address}
             set_params(work, args.seeds, 1.0)
-            run(["dvc", "repro", "train"], work, env)  # the dense models, once
+            run_timed(["dvc", "repro", "train"], work, env)  # the dense models, once
             for packing in args.packings:
                 set_params(work, args.seeds, 1.0 / packing)
                 for out in ("models/pruned", "metrics/prune", "metrics/curves/prune"):
                     shutil.rmtree(work / out, ignore_errors=True)
-                seconds = run([sys.executable, "-m", "fairprune.parallel", "prune"], work, env)
+                seconds, _ = run_timed([sys.executable, "-m", "fairprune.parallel", "prune"], work, env)
                 rates[packing] = stages / seconds * 60 / gpus
                 print(f"{packing} stage(s) per GPU: {seconds:.0f} s, {rates[packing]:.1f} stages per minute per GPU, "
                       f"{rates[packing] / rates[args.packings[0]]:.2f}x {args.packings[0]} per GPU", flush=True)

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,3 +42,12 @@ def make_copy(work: Path, ref: str | None = None, config: Path | None = None) ->
     for cmd in commands:
         subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True)
     return env
+
+
+def run_timed(cmd: list[str], work: Path, env: dict) -> tuple[float, str]:
+    """(seconds, stdout) of a command in the copy; exits with its output's tail when it fails."""
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed in {work}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return time.perf_counter() - start, result.stdout

@@ -18,11 +18,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
-from project_copy import make_copy
+from project_copy import make_copy, run_timed
 
 VOLATILE = {"wall_s", "prune_s", "train_s", "latency_ms", "speedup", "mlflow_model_id", "run"}
 # outputs whose bytes carry a timing or a run id; their numbers are compared through the metrics instead
@@ -54,14 +53,9 @@ def stage_threads(work: Path) -> str:
     return str(max(1, math.ceil(cpus)))
 
 
-def run(cmd: list[str], work: Path, env: dict) -> float:
-    start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed in {work}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    print(f"  {' '.join(cmd)}: {time.perf_counter() - start:.0f} s, last line: "
-          f"{(result.stdout.strip().splitlines() or [''])[-1]}", flush=True)
-    return time.perf_counter() - start
+def run(cmd: list[str], work: Path, env: dict) -> None:
+    seconds, out = run_timed(cmd, work, env)
+    print(f"  {' '.join(cmd)}: {seconds:.0f} s, last line: {(out.strip().splitlines() or [''])[-1]}", flush=True)
 
 
 def dvc_clean(work: Path, env: dict, targets: list[str]) -> bool:
