@@ -5,6 +5,7 @@ stays with the original owners.
 """
 from __future__ import annotations
 
+import io
 import logging
 import re
 import tarfile
@@ -53,54 +54,49 @@ def _attribute(values: np.ndarray, attribute: str, bins: list[int]) -> tuple[np.
 
 
 def _members(root: Path):
-    """Yield (key, file name, opener) for every .jpg in the tarball or folder, in a stable order."""
+    """Yield (file name, source) for every .jpg in the tarball or folder, in a stable order; the source is
+    the file's path, or for an archive its bytes (a .tar.gz streams only once, so they are kept from the
+    one pass that also reads the names)."""
     if root.is_dir():
         for path in sorted(root.rglob("*.jpg")):
-            yield str(path), path.name, lambda p=path: open(p, "rb")
+            yield path.name, path
     elif tarfile.is_tarfile(root):
         with tarfile.open(root, "r:*") as tar:
             for member in tar:
                 if member.isfile() and member.name.endswith(".jpg"):
-                    yield member.name, Path(member.name).name, lambda m=member, t=tar: t.extractfile(m)
+                    yield Path(member.name).name, tar.extractfile(member).read()
     else:
         raise DataError(f"data.root = '{root}' is neither a folder nor a tar archive; "
                         "point it at UTKFace.tar.gz or at the extracted UTKFace/ folder")
 
 
+def _decode_each(sources: list, size: int):
+    for source in sources:
+        yield decode(io.BytesIO(source) if isinstance(source, bytes) else source, size)
+
+
 def load(root: str | Path, target: str, group: str | list[str], size: int, age_bins: list[int]) -> RawDataset:
-    """The labels from the file names (one pass over the archive's index); the images are decoded later,
-    only those kept (a second pass that streams the archive)."""
+    """The labels from the file names; the images are decoded later, only those kept."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data.root = '{root}' does not exist; point it at UTKFace.tar.gz "
                         "or at the extracted UTKFace/ folder")
-    keys, labels, skipped = [], [], []
-    for key, name, _ in _members(root):
+    sources, labels, skipped = [], [], []
+    for name, source in _members(root):
         parsed = parse_name(name)
         if parsed is None:
             skipped.append(name)
             continue
-        keys.append(key)
+        sources.append(source)
         labels.append(parsed)
     if skipped:
         log.warning("UTKFace: skipped %d malformed file names, e.g. %s", len(skipped), skipped[:3])
-    if not keys:
+    if not sources:
         raise DataError(f"no UTKFace images with official names found under '{root}'")
-
-    def read(wanted):  # `wanted` keeps the archive's order
-        wanted = iter(wanted)
-        following = next(wanted, None)
-        for key, _, opener in _members(root):
-            if following is None:
-                return
-            if key == following:
-                with opener() as handle:
-                    yield decode(handle, size)
-                following = next(wanted, None)
 
     values = np.asarray(labels, dtype=np.int64)
     targets, target_names = _attribute(values, target, age_bins)
     groups, group_names = intersect(*zip(*(_attribute(values, a, age_bins) for a in attribute_list(group))))
-    return RawDataset(LazyImages(keys, read, "utkface"), targets, groups, target_names, group_names,
+    return RawDataset(LazyImages(sources, lambda wanted: _decode_each(wanted, size), "utkface"), targets, groups, target_names, group_names,
                       info={"source": str(root), "skipped_malformed": len(skipped),
                             "skipped_examples": skipped[:10]})
